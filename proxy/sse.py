@@ -1,0 +1,75 @@
+"""Incremental Server-Sent Events parsing and encoding.
+
+Upstreams frame events differently (OpenAI ``data:`` only, Anthropic
+``event:``+``data:``, Gemini with CRLF): the parser splits on any blank line
+(LF, CRLF or CR), buffers across reads, joins multi-line ``data:`` and skips
+comments. ``raw`` keeps the exact bytes of each event for byte-exact relay.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r|\r\n\n|\n\r\n")
+_LINE_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str | None
+    data: str
+    raw: bytes = b""
+
+    def json(self):
+        return json.loads(self.data)
+
+
+class SSEParser:
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buf += chunk
+        events: list[SSEEvent] = []
+        while True:
+            m = _EVENT_END.search(self._buf)
+            if m is None:
+                break
+            block, self._buf = self._buf[: m.end()], self._buf[m.end():]
+            ev = _parse_block(block)
+            if ev is not None:
+                events.append(ev)
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """Whatever is left when the stream ends (a last event with no blank line)."""
+        block, self._buf = self._buf, b""
+        ev = _parse_block(block) if block.strip() else None
+        return [ev] if ev is not None else []
+
+
+def _parse_block(block: bytes) -> SSEEvent | None:
+    event: str | None = None
+    data: list[str] = []
+    for line in _LINE_SPLIT.split(block.decode("utf-8", errors="replace")):
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+    if not data and event is None:
+        return None
+    return SSEEvent(event, "\n".join(data), block)
+
+
+def encode(data: dict | str, event: str | None = None) -> bytes:
+    """One SSE frame; dicts are JSON without spaces."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
