@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class UsageRecord(models.Model):
+    """One row per client request, written in batches off the request path (``proxy.usage``)."""
+
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    key_id = models.CharField("key", max_length=64, blank=True, default="")
+    endpoint = models.CharField(max_length=64)
+    requested_model = models.CharField(max_length=200, blank=True, default="")
+    resolved_model = models.CharField(max_length=200, blank=True, default="")
+    credential = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    provider = models.CharField(max_length=20, blank=True, default="")
+    status = models.PositiveSmallIntegerField()
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(default=False)
+    ttfb_ms = models.FloatField(null=True, blank=True)
+    latency_ms = models.FloatField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    client_closed = models.BooleanField(default=False)
+    error_type = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["resolved_model", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.endpoint} {self.status}"

@@ -1,0 +1,166 @@
+"""Settings, all from the environment with safe local defaults.
+
+Local: SQLite file beside the project, in-process routing state, a fixed
+development encryption key (warned about). Production: DATABASE_URL (Postgres,
+pooled), REDIS_URL, ROUTER_ENCRYPTION_KEY, DJANGO_SECRET_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+DEBUG = env_bool("DEBUG")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-local-only-secret-key-change-me-in-production"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "credentials",  # before daphne: its runserver subclass listens on 8080
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "proxy",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "routerproject.urls"
+ASGI_APPLICATION = "routerproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# An empty DATABASE_URL counts as unset (dj-database-url would fail on it).
+if not os.environ.get("DATABASE_URL"):
+    os.environ.pop("DATABASE_URL", None)
+DATABASES = {
+    "default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'router.sqlite3'}", conn_max_age=0)
+}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # ASGI: no persistent connections; psycopg's pool instead.
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": env_int("DB_POOL_MAX", 10), "timeout": 10}}
+else:
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # admin CSS works without collectstatic in local runs
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
+
+# ---- router ------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL") or None
+# Comma-separated Fernet keys (or passphrases); the first encrypts, all decrypt.
+ROUTER_ENCRYPTION_KEY = os.environ.get("ROUTER_ENCRYPTION_KEY", "")
+ROUTER_MASTER_KEY = os.environ.get("ROUTER_MASTER_KEY") or None
+ROUTER_PORT = env_int("ROUTER_PORT", 8080)
+ROUTER_MAX_BODY_BYTES = env_int("ROUTER_MAX_BODY_BYTES", 32 * 1024 * 1024)
+ROUTER_CONNECT_TIMEOUT = env_float("ROUTER_CONNECT_TIMEOUT", 10.0)
+ROUTER_FIRST_BYTE_TIMEOUT = env_float("ROUTER_FIRST_BYTE_TIMEOUT", 300.0)
+ROUTER_IDLE_TIMEOUT = env_float("ROUTER_IDLE_TIMEOUT", 300.0)
+ROUTER_KEEPALIVE_INTERVAL = env_float("ROUTER_KEEPALIVE_INTERVAL", 10.0)
+ROUTER_CONFIG_POLL_SECONDS = env_float("ROUTER_CONFIG_POLL_SECONDS", 1.0)
+ROUTER_MODEL_DISCOVERY_SECONDS = env_float("ROUTER_MODEL_DISCOVERY_SECONDS", 300.0)
+ROUTER_USAGE_LOGGING = env_bool("ROUTER_USAGE_LOGGING", True)
+ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
+ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
+ROUTER_HTTP_TRANSPORT = os.environ.get("ROUTER_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
+ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "proxy.logging.RedactSecretsFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # httpx logs full URLs at INFO; keep transports quiet.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+    },
+}
+
+TESTING = "pytest" in sys.modules
