@@ -51,20 +51,21 @@ class Credential(models.Model):
         "service-account file", max_length=500, blank=True, default="",
         help_text="Path to a service-account key file readable by the router.",
     )
-    extra_headers = models.JSONField(blank=True, default=dict, help_text='Sent upstream, e.g. {"OpenAI-Organization": "org-1"}')
+    extra_headers = models.JSONField(blank=True, default=dict,
+                                     help_text='Sent upstream, e.g. {"OpenAI-Organization": "org-1"}')
     rpm = models.PositiveIntegerField("requests/min", null=True, blank=True, help_text="Empty = unlimited")
     tpm = models.PositiveIntegerField("tokens/min", null=True, blank=True, help_text="Empty = unlimited")
     weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within a pool")
     enabled = models.BooleanField(default=True)
-    is_fallback = models.BooleanField("fallback only", default=False,
-                                      help_text="Used only when the primary credentials of a pool are exhausted")
+    is_fallback = models.BooleanField(
+        "fallback only", default=False, help_text="Used only when the primary credentials of a pool are exhausted")
     responses_api = models.BooleanField(
         "speaks the Responses API", default=False,
         help_text="openai/proxy only: forward /v1/responses natively instead of translating to Chat Completions",
     )
     discover_models = models.BooleanField(
         "serve every upstream model", default=False,
-        help_text="openai/proxy only: serve whatever the upstream lists at GET /v1/models (refreshed in the background)",
+        help_text="openai/proxy only: serve what the upstream lists at GET /v1/models (refreshed in the background)",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -99,10 +100,11 @@ class Credential(models.Model):
                     errors["service_account_json"] = "The service-account JSON is not valid JSON."
             if self.credentials_file and not self.service_account_json and not Path(self.credentials_file).is_file():
                 errors["credentials_file"] = f"No readable file at {self.credentials_file}."
-        elif self.type in (CredentialType.OPENAI, CredentialType.ANTHROPIC, CredentialType.GEMINI):
-            if not self.api_key and not self.base_url:
-                errors["api_key"] = f"A {self.get_type_display()} credential needs an API key."
-        if (self.responses_api or self.discover_models) and self.type not in (CredentialType.OPENAI, CredentialType.PROXY):
+        elif (self.type in (CredentialType.OPENAI, CredentialType.ANTHROPIC, CredentialType.GEMINI)
+              and not self.api_key and not self.base_url):
+            errors["api_key"] = f"A {self.get_type_display()} credential needs an API key."
+        native_only = self.responses_api or self.discover_models
+        if native_only and self.type not in (CredentialType.OPENAI, CredentialType.PROXY):
             errors["responses_api" if self.responses_api else "discover_models"] = (
                 "Only openai and proxy credentials can forward natively or discover models."
             )

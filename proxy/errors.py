@@ -9,9 +9,9 @@ whether another credential may serve the request.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-import time
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",

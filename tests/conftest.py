@@ -10,4 +10,66 @@ async def _close_thread_connections():
     """Async tests touch the DB from asgiref's worker threads; close those connections
     so Postgres can drop the test database at the end."""
     yield
+    from django.conf import settings
+
+    if not settings.configured:  # pure unit tests run without Django
+        return
+    from proxy import http
+
+    await http.aclose()
     await sync_to_async(connections.close_all)()
+
+
+MASTER_KEY = "sk-router-test-key"
+AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
+
+
+@pytest.fixture
+def app():
+    from routerproject.asgi import application
+
+    return application
+
+
+@pytest.fixture
+def router_db(transactional_db):
+    """A committed router config (visible to the ASGI app's worker threads) with a master key."""
+    from credentials.models import RouterSettings
+    from proxy import config, usage
+
+    settings_row = RouterSettings.load()
+    settings_row.set_master_key(MASTER_KEY)
+    settings_row.save()
+    config.invalidate()
+    yield
+    usage.writer.flush()
+    config.invalidate()
+
+
+def add_credential(name: str, type_: str, *, models: dict[str, str] | list[str] = (), **fields):
+    """Create a credential serving ``models`` ({public: upstream} or [public])."""
+    from credentials.models import Credential, ProviderModel
+    from proxy import config
+
+    cred = Credential.objects.create(name=name, type=type_, **fields)
+    items = models.items() if isinstance(models, dict) else [(m, "") for m in models]
+    for public, upstream in items:
+        ProviderModel.objects.create(name=public, credential=cred, upstream_model=upstream)
+    config.invalidate()
+    return cred
+
+
+@pytest.fixture
+def openai_fake():
+    from tests.fakes.openai import OpenAIFake
+
+    fakes = []
+
+    def make(*replies, **kwargs):
+        fake = OpenAIFake(*replies, **kwargs).start()
+        fakes.append(fake)
+        return fake
+
+    yield make
+    for fake in fakes:
+        fake.stop()

@@ -106,7 +106,8 @@ def content_text(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text"))
+    kinds = ("text", "input_text", "output_text")
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in kinds)
 
 
 def parse_arguments(arguments) -> dict:

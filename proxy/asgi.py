@@ -1,0 +1,205 @@
+"""A lean ASGI front for the API paths (``/v1/*``, ``/health``).
+
+Django's full handler (request objects, sync middleware, a worker thread per
+request) costs several CPU milliseconds; the API needs none of it. This app
+reads the body (enforcing the size limit), calls an async handler, sends its
+response, and cancels the handler when the client disconnects, which closes
+the upstream request. Everything else (admin, static) goes to Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .errors import ProxyError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+    path_param: str = ""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    stream: AsyncIterator[bytes]
+    status: int = 200
+    content_type: str = "text/event-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+
+
+def json_response(data: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+                    headers=headers or {})
+
+
+def error_response(err: ProxyError) -> Response:
+    headers = {}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after)))
+    return json_response(err.to_dict(), err.status, headers)
+
+
+class ApiApp:
+    def __init__(self, routes: dict[str, dict[str, Handler]], prefixes: dict[str, dict[str, Handler]],
+                 fallback) -> None:
+        self.routes = routes
+        self.prefixes = prefixes
+        self.fallback = fallback
+
+    def _match(self, path: str) -> tuple[dict[str, Handler] | None, str]:
+        methods = self.routes.get(path) or self.routes.get(path.rstrip("/"))
+        if methods is not None:
+            return methods, ""
+        for prefix, handlers in self.prefixes.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return handlers, path[len(prefix):]
+        return None, ""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+            return
+        path = scope["path"]
+        methods, param = self._match(path)
+        if methods is None:
+            if path.startswith("/v1/"):
+                methods = {}
+            else:
+                await self.fallback(scope, receive, send)
+                return
+        request_id = "req_" + secrets.token_hex(12)
+        handler = methods.get(scope["method"])
+        if handler is None:
+            err = ProxyError(404, f"Unknown API path {path}", code="unknown_url") if not methods else \
+                ProxyError(405, f"Method {scope['method']} not allowed on {path}", code="method_not_allowed")
+            await _send(send, error_response(err), request_id)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await _read_body(receive, headers)
+        except ProxyError as err:
+            await _send(send, error_response(err), request_id)
+            return
+        except _Disconnected:
+            return
+        req = Request(scope["method"], path, headers, body, request_id, param)
+        task = asyncio.ensure_future(self._respond(handler, req, send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            watcher.cancel()
+            task.result()
+        else:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _respond(self, handler: Handler, req: Request, send) -> None:
+        try:
+            response = await handler(req)
+        except ProxyError as err:
+            response = error_response(err)
+        except Exception:
+            log.exception("unhandled error in %s (request %s)", req.path, req.request_id)
+            response = error_response(ProxyError(500, "Internal router error; see the router log for "
+                                                 f"request {req.request_id}.", code="internal_error"))
+        await _send(send, response, req.request_id)
+
+    async def _lifespan(self, receive, send) -> None:
+        from . import http, usage
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await http.aclose()
+                await usage.aflush()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive, headers: dict[str, str]) -> bytes:
+    limit = settings.ROUTER_MAX_BODY_BYTES
+    declared = headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProxyError(413, f"Request body is {declared} bytes; the limit is {limit} bytes.",
+                         code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ProxyError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _wait_disconnect(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _headers(content_type: str, request_id: str, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type.encode()), (b"x-request-id", request_id.encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in extra.items())
+    return headers
+
+
+async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
+    if isinstance(response, Response):
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": _headers(response.content_type, request_id, response.headers)})
+        await send({"type": "http.response.body", "body": response.body})
+        return
+    extra = {"cache-control": "no-cache", "x-accel-buffering": "no", **response.headers}
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": _headers(response.content_type, request_id, extra)})
+    stream = response.stream
+    try:
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,169 @@
+"""The routing configuration as an immutable in-memory snapshot.
+
+The request path calls ``await current()``: no database query unless the
+snapshot is missing. A poll (at most every ``ROUTER_CONFIG_POLL_SECONDS``,
+in a worker thread, never awaited by a request) compares
+``RouterSettings.config_version``; an admin save in this process or in any
+other bumps it, so every instance reloads within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from . import db
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialConfig:
+    name: str
+    type: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    project_id: str = ""
+    location: str = ""
+    service_account: dict | None = field(default=None, repr=False)
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: int = 1
+    is_fallback: bool = False
+    responses_api: bool = False
+    discover_models: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One (public model name, credential) pair of a pool."""
+
+    name: str
+    credential: CredentialConfig
+    upstream_model: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.credential.name}/{self.upstream_model}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    version: int
+    master_key_hash: str = field(repr=False)
+    credentials: dict[str, CredentialConfig]
+    pools: dict[str, tuple[Deployment, ...]]
+    aliases: dict[str, tuple[str, ...]]
+    fail2ban: dict
+
+    def check_key(self, key: str) -> bool:
+        from credentials.models import hash_key
+
+        expected = self.master_key_hash
+        if not expected or not key:
+            return False
+        return hmac.compare_digest(hash_key(key), expected)
+
+    def public_names(self) -> list[str]:
+        return sorted(set(self.pools) | set(self.aliases))
+
+
+def load() -> RouterConfig:
+    """Build a snapshot from the database (sync: run it in a thread)."""
+    from credentials.models import Credential, ModelAlias, ProviderModel, RouterSettings, hash_key
+
+    router = RouterSettings.load()
+    creds: dict[str, CredentialConfig] = {}
+    for c in Credential.objects.filter(enabled=True):
+        try:
+            sa = c.service_account_info() if c.type == "vertex-ai" else None
+        except (OSError, ValueError) as exc:
+            log.error("credential %s: cannot read its service account (%s); it is skipped", c.name, exc)
+            continue
+        creds[c.name] = CredentialConfig(
+            name=c.name, type=c.type, base_url=c.base_url.rstrip("/"), api_key=c.api_key,
+            project_id=c.project_id, location=c.location, service_account=sa,
+            extra_headers=dict(c.extra_headers or {}), rpm=c.rpm, tpm=c.tpm, weight=max(1, c.weight),
+            is_fallback=c.is_fallback, responses_api=c.responses_api, discover_models=c.discover_models,
+        )
+    pools: dict[str, list[Deployment]] = {}
+    for m in ProviderModel.objects.filter(enabled=True).select_related("credential"):
+        cred = creds.get(m.credential.name)
+        if cred is None:
+            continue
+        pools.setdefault(m.name, []).append(Deployment(m.name, cred, m.upstream_id, m.rpm, m.tpm))
+    aliases = {a.alias: tuple(a.targets) for a in ModelAlias.objects.all()}
+    master = hash_key(settings.ROUTER_MASTER_KEY) if settings.ROUTER_MASTER_KEY else router.master_key_hash
+    return RouterConfig(
+        version=router.config_version, master_key_hash=master, credentials=creds,
+        pools={k: tuple(v) for k, v in pools.items()}, aliases=aliases, fail2ban=dict(router.fail2ban or {}),
+    )
+
+
+def _db_version() -> int:
+    from credentials.models import RouterSettings
+
+    return RouterSettings.objects.filter(pk=1).values_list("config_version", flat=True).first() or 0
+
+
+class _Snapshot:
+    def __init__(self) -> None:
+        self.config: RouterConfig | None = None
+        self.checked = 0.0
+        self.polling = False
+        self.lock = threading.Lock()
+        self.loading: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+    def _poll(self) -> None:
+        try:
+            version = db.closing(_db_version)
+            if self.config is None or version != self.config.version:
+                self.config = db.closing(load)
+                log.info("configuration reloaded (version %s)", self.config.version)
+        except Exception:
+            log.exception("configuration poll failed; keeping the previous snapshot")
+        finally:
+            self.checked = time.monotonic()
+            self.polling = False
+
+
+_snapshot = _Snapshot()
+
+
+async def current() -> RouterConfig:
+    snap = _snapshot
+    config = snap.config
+    if config is None:
+        # First request of the process (or after invalidate()): everyone waits for one load.
+        await db.run(_load_once)
+        return snap.config  # type: ignore[return-value]
+    if time.monotonic() - snap.checked > settings.ROUTER_CONFIG_POLL_SECONDS and not snap.polling:
+        snap.polling = True
+        asyncio.get_running_loop().run_in_executor(None, snap._poll)
+    return config
+
+
+def _load_once() -> None:
+    with _snapshot.lock:
+        if _snapshot.config is None:
+            _snapshot.config = load()
+            _snapshot.checked = time.monotonic()
+
+
+def invalidate() -> None:
+    """Drop the snapshot; the next request reloads (tests, and after imports in-process)."""
+    _snapshot.config = None
+
+
+def set_for_tests(config: RouterConfig | None) -> None:
+    _snapshot.config = config
+    _snapshot.checked = time.monotonic() + 3600 if config else 0.0

@@ -1,0 +1,89 @@
+"""The one shape every provider adapter has.
+
+An adapter turns the internal (Chat Completions) request into an
+``UpstreamRequest`` for one deployment, and the provider's answer back:
+a full response (``chat_response``), a stream (``chat_stream`` returns a
+translator with ``feed(SSEEvent) -> list[chunk]`` and ``finish()``), or an
+error (``error``). The translation itself lives in ``proxy.translators``
+(pure functions); adapters only add URLs, auth and headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from .. import http
+from ..config import CredentialConfig, Deployment
+from ..errors import ProxyError
+from ..sse import SSEEvent
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
+    ctx: Any = None
+    method: str = "POST"
+
+
+class StreamTranslator(Protocol):
+    def feed(self, event: SSEEvent) -> list[dict]: ...
+
+    def finish(self) -> list[dict]: ...
+
+
+class RawChunk(dict):
+    """A chunk relayed byte for byte (same wire format upstream and downstream)."""
+
+    __slots__ = ("raw",)
+
+
+class Adapter:
+    provider = "base"
+    #: the upstream speaks OpenAI Chat: chunks and bodies can be relayed unchanged
+    passthrough = False
+
+    async def auth_headers(self, cred: CredentialConfig) -> dict[str, str]:
+        return {}
+
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+        """Send and return once the status and headers are in (the body is read by the caller)."""
+        client = http.client()
+        request = client.build_request(req.method, req.url, json=req.body, headers=headers)
+        return await client.send(request, stream=True)
+
+    def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def chat_response(self, data: dict, ctx: Any) -> dict:
+        raise NotImplementedError
+
+    def chat_stream(self, ctx: Any) -> StreamTranslator:
+        raise NotImplementedError
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
+        raise NotImplementedError
+
+    def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        raise ProxyError(400, f"model {dep.name!r} ({self.provider}) does not serve embeddings",
+                         param="model", code="unsupported_model")
+
+    def embeddings_response(self, data: dict, ctx: Any) -> dict:
+        return data
+
+    def on_auth_failure(self, cred: CredentialConfig) -> None:
+        """Called when the upstream rejected our credential (token caches drop their token)."""
+
+
+def join_url(base: str, path: str) -> str:
+    """``base`` may or may not end in ``/v1``; ``path`` starts after ``/v1``."""
+    base = base.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    return f"{base}/v1{path}"

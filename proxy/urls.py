@@ -1,0 +1,18 @@
+"""The API route table (served by ``proxy.asgi.ApiApp``, not Django's URL resolver)."""
+
+from __future__ import annotations
+
+from . import views
+from .asgi import ApiApp
+
+
+def build_app(fallback) -> ApiApp:
+    routes = {
+        "/health": {"GET": views.health},
+        "/v1/models": {"GET": views.list_models},
+        "/models": {"GET": views.list_models},
+    }
+    for path, handler in (("/chat/completions", views.chat_completions), ("/embeddings", views.embeddings)):
+        routes[path] = routes["/v1" + path] = {"POST": handler}
+    prefixes = {"/v1/models/": {"GET": views.get_model}}
+    return ApiApp(routes, prefixes, fallback)

@@ -1,0 +1,281 @@
+"""The API handlers: ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models``, ``/health``.
+
+Handlers take a lean ``Request`` (see ``proxy.asgi``) and return a response;
+any ``ProxyError`` becomes an OpenAI-shaped error. Config comes from the
+in-memory snapshot, usage goes to the batched writer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from . import config as config_mod
+from . import db, discovery, routing, usage
+from .asgi import Request, Response, StreamingResponse, json_response
+from .config import RouterConfig
+from .errors import ProxyError, bad_request
+from .pipeline import HEARTBEAT, open_upstream
+from .sse import encode
+from .usage import UsageLog
+
+DONE = b"data: [DONE]\n\n"
+
+
+# ---- shared steps ------------------------------------------------------------
+
+async def authorize(req: Request) -> RouterConfig:
+    config = await config_mod.current()
+    discovery.ensure_started()
+    key = ""
+    auth = req.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        key = auth[7:].strip()
+    key = key or req.headers.get("x-api-key", "").strip()
+    if not key:
+        raise ProxyError(401, "Missing API key: send `Authorization: Bearer <router key>`.", code="invalid_api_key")
+    if not config.check_key(key):
+        raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return config
+
+
+def parse_body(req: Request) -> dict:
+    if not req.body:
+        raise bad_request("Request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(req.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"Request body must be a JSON object, not {type(body).__name__}.")
+    return body
+
+
+def require_model(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("`model` is required and must be a non-empty string.", param="model")
+    return model
+
+
+def check_types(body: dict, spec: dict[str, tuple[type, ...]]) -> None:
+    for name, types in spec.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            names = " or ".join(t.__name__ for t in types)
+            raise bad_request(f"`{name}` must be {names}, not {type(value).__name__}.", param=name)
+
+
+_CHAT_TYPES = {
+    "stream": (bool,), "temperature": (int, float), "top_p": (int, float), "max_tokens": (int,),
+    "max_completion_tokens": (int,), "n": (int,), "tools": (list,), "stop": (str, list),
+    "stream_options": (dict,), "response_format": (dict,), "tool_choice": (str, dict),
+    "parallel_tool_calls": (bool,), "user": (str,), "reasoning_effort": (str,),
+}
+
+
+def validate_chat(body: dict) -> None:
+    require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` is required and must be a non-empty array.", param="messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise bad_request(f"`messages[{i}]` must be an object with a string `role`.", param=f"messages[{i}]")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(f"`messages[{i}].content` must be a string or an array of content parts.",
+                              param=f"messages[{i}].content")
+    check_types(body, _CHAT_TYPES)
+
+
+def start_log(req: Request, endpoint: str, body: dict, *, stream: bool) -> UsageLog:
+    log = UsageLog(req.request_id, endpoint, stream=stream)
+    log.key_id = "master"
+    log.requested_model = str(body.get("model", ""))[:200]
+    return log
+
+
+async def guarded(log: UsageLog, coro):
+    """Run a handler body; record an error row when it fails before a response exists."""
+    try:
+        return await coro
+    except ProxyError as err:
+        log.fail(err)
+        log.finish()
+        raise
+    except BaseException:
+        log.status, log.client_closed = 499, True
+        log.finish()
+        raise
+
+
+# ---- /v1/chat/completions ------------------------------------------------------
+
+async def chat_completions(req: Request) -> Response | StreamingResponse:
+    body = parse_body(req)
+    log = start_log(req, "chat.completions", body, stream=body.get("stream") is True)
+    return await guarded(log, _chat(req, body, log))
+
+
+async def _chat(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
+    config = await authorize(req)
+    validate_chat(body)
+    stream = body.get("stream") is True
+    plan = routing.plan(config, body["model"])
+    opened = await open_upstream(
+        plan, lambda adapter, dep: adapter.chat_request(dep, body, stream=stream), log, stream=stream)
+    log.first_byte()
+    if not stream:
+        raw = await opened.response.aread()
+        await opened.response.aclose()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise ProxyError(502, f"{opened.adapter.provider} returned a body that is not JSON",
+                             code="bad_upstream_response") from None
+        result = opened.adapter.chat_response(data, opened.req.ctx)
+        log.add_usage(result.get("usage"))
+        log.finish()
+        if opened.adapter.passthrough:
+            return Response(200, raw)
+        return json_response(result)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return StreamingResponse(_relay_chat(opened.first, opened.chunks, log, include_usage))
+
+
+async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+    seen_chars = 0
+    finished = False
+    try:
+        async for chunk in _prepend(first, chunks):
+            if chunk is HEARTBEAT:
+                continue
+            if chunk.get("usage"):
+                log.add_usage(chunk["usage"])
+                if not chunk.get("choices") and not include_usage:
+                    continue
+            for choice in chunk.get("choices") or ():
+                seen_chars += _delta_chars(choice.get("delta"))
+            raw = getattr(chunk, "raw", None)
+            yield raw if raw is not None else encode(chunk)
+        finished = True
+        yield DONE
+    except ProxyError as err:
+        log.fail(err)
+        yield encode(err.to_dict())
+    finally:
+        await chunks.aclose()
+        if not finished and not log.error_type:
+            log.client_closed = True
+            log.status = 499
+        if log.prompt == 0 and log.completion == 0 and seen_chars:
+            log.completion, log.estimated = max(1, seen_chars // 4), True
+        log.finish()
+
+
+async def _prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
+    for item in first:
+        yield item
+    async for item in rest:
+        yield item
+
+
+def _delta_chars(delta: dict | None) -> int:
+    if not delta:
+        return 0
+    n = len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
+    for call in delta.get("tool_calls") or ():
+        n += len((call.get("function") or {}).get("arguments") or "")
+    return n
+
+
+# ---- /v1/embeddings -----------------------------------------------------------
+
+async def embeddings(req: Request) -> Response:
+    body = parse_body(req)
+    log = start_log(req, "embeddings", body, stream=False)
+    return await guarded(log, _embeddings(req, body, log))
+
+
+async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
+    config = await authorize(req)
+    require_model(body)
+    value = body.get("input")
+    if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
+        raise bad_request("`input` is required: a string or a non-empty array.", param="input")
+    plan = routing.plan(config, body["model"])
+    opened = await open_upstream(plan, lambda adapter, dep: adapter.embeddings_request(dep, body), log, stream=False)
+    log.first_byte()
+    raw = await opened.response.aread()
+    await opened.response.aclose()
+    try:
+        data = opened.adapter.embeddings_response(json.loads(raw), opened.req.ctx)
+    except ValueError:
+        raise ProxyError(502, "upstream returned a body that is not JSON", code="bad_upstream_response") from None
+    u = data.get("usage") or {}
+    log.prompt = int(u.get("prompt_tokens") or u.get("total_tokens") or 0)
+    log.finish()
+    return json_response(data)
+
+
+# ---- /v1/models ----------------------------------------------------------------
+
+def _model_entry(config: RouterConfig, name: str) -> dict:
+    deps = routing.pool(config, routing.targets(config, name)[0])
+    owner = deps[0].credential.type if deps else "router"
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _all_names(config: RouterConfig) -> list[str]:
+    names = set(config.pools) | set(config.aliases)
+    for cred in config.credentials.values():
+        if cred.discover_models:
+            names |= discovery.models_of(cred.name)
+    return sorted(n for n in names if routing.exists(config, n))
+
+
+async def list_models(req: Request) -> Response:
+    config = await authorize(req)
+    return json_response({"object": "list", "data": [_model_entry(config, n) for n in _all_names(config)]})
+
+
+async def get_model(req: Request) -> Response:
+    config = await authorize(req)
+    name = req.path_param
+    if not routing.exists(config, name):
+        raise routing.model_not_found(name)
+    return json_response(_model_entry(config, name))
+
+
+# ---- /health -------------------------------------------------------------------
+
+def _db_ok() -> bool:
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+async def health(req: Request) -> Response:
+    db_ok = await db.run(_db_ok)
+    payload: dict = {"status": "ok" if db_ok else "degraded", "database": "ok" if db_ok else "unreachable"}
+    try:
+        config = await config_mod.current()
+    except Exception:
+        config = None
+    payload["credentials_enabled"] = len(config.credentials) if config else None
+    payload["models"] = len(config.pools) if config else None
+    payload["usage_log"] = usage.writer.stats()
+    if config is not None:
+        try:
+            await authorize(req)
+            payload["credentials"] = sorted(config.credentials)
+        except ProxyError:
+            pass
+    return json_response(payload, 200 if db_ok else 503)

@@ -1,0 +1,19 @@
+"""ASGI entry point: ``daphne routerproject.asgi:application`` (and ``runserver``).
+
+API paths go to the lean async handlers in ``proxy``; the admin and static
+files go through Django's full stack.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "routerproject.settings")
+
+from channels.routing import ProtocolTypeRouter
+from django.core.asgi import get_asgi_application
+
+django_app = get_asgi_application()
+
+from proxy.urls import build_app  # noqa: E402
+
+api_app = build_app(django_app)
+application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app})
