@@ -118,6 +118,10 @@ def native(req: UpstreamRequest) -> UpstreamRequest:
     return req
 
 
+def is_native(req: UpstreamRequest) -> bool:
+    return req.ctx is _NATIVE
+
+
 async def _first(chunks: AsyncIterator) -> list:
     """Read until the first real output (or the end), keeping what was read."""
     first: list = []

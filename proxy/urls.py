@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import views
+from . import responses_api, views
 from .asgi import ApiApp
 
 
@@ -12,7 +12,8 @@ def build_app(fallback) -> ApiApp:
         "/v1/models": {"GET": views.list_models},
         "/models": {"GET": views.list_models},
     }
-    for path, handler in (("/chat/completions", views.chat_completions), ("/embeddings", views.embeddings)):
+    for path, handler in (("/chat/completions", views.chat_completions), ("/embeddings", views.embeddings),
+                          ("/responses", responses_api.responses)):
         routes[path] = routes["/v1" + path] = {"POST": handler}
     prefixes = {"/v1/models/": {"GET": views.get_model}}
     return ApiApp(routes, prefixes, fallback)

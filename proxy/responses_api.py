@@ -1,0 +1,205 @@
+"""``POST /v1/responses`` (Codex CLI's only protocol) on every provider.
+
+Credentials that speak the Responses API natively (``responses_api``) get the
+request as sent, with only ``model`` rewritten, and their events are relayed
+untouched. For every other provider the request is translated to the internal
+Chat format once, sent through that provider's Chat adapter (so failover can
+cross providers) and the canonical chunks are re-emitted as Responses events.
+
+Headers are held until the upstream's first event, so early failures are real
+HTTP statuses Codex understands (404 model_not_found, 429 + Retry-After,
+400 context_length_exceeded, 502/503). After that, failures become
+``response.failed`` and long upstream silences get a ``response.in_progress``
+heartbeat so Codex's idle timer does not fire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from . import routing
+from .asgi import Request, Response, StreamingResponse, json_response
+from .errors import ProxyError
+from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
+from .translators.responses import ResponsesStream, encode_event, responses_to_chat
+from .usage import UsageLog
+from .views import authorize, guarded, parse_body, require_model, start_log
+
+_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+async def responses(req: Request) -> Response | StreamingResponse:
+    body = parse_body(req)
+    log = start_log(req, "responses", body, stream=body.get("stream") is not False)
+    return await guarded(log, _responses(req, body, log))
+
+
+async def _responses(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
+    config = await authorize(req)
+    require_model(body)
+    plan = routing.plan(config, body["model"])
+    translated: tuple[dict, object] | None = None
+
+    def build(adapter, dep):
+        nonlocal translated
+        if dep.credential.responses_api and hasattr(adapter, "responses_request"):
+            return native(adapter.responses_request(dep, {**body, "stream": True}))
+        if translated is None:
+            translated = responses_to_chat(body)
+        return adapter.chat_request(dep, translated[0], stream=True)
+
+    stream = body.get("stream") is not False
+    opened = await open_upstream(plan, build, log, stream=True, heartbeat=settings.ROUTER_KEEPALIVE_INTERVAL)
+    log.first_byte()
+    if is_native(opened.req):
+        if stream:
+            return StreamingResponse(_relay_native(opened, log))
+        return await _collect(_parsed(_relay_native(opened, log)))
+    rs = ResponsesStream(translated[1])  # type: ignore[index]
+    events = _translated(opened, rs, log)
+    if stream:
+        return StreamingResponse(_encoded(events))
+    return await _collect(events)
+
+
+async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> AsyncIterator[dict]:
+    chunks = opened.chunks
+    assert chunks is not None
+    finished = False
+    seen = 0
+    try:
+        for ev in rs.started():
+            yield ev
+        for chunk in [*opened.first]:
+            log.add_usage(chunk.get("usage"))
+            for ev in rs.feed(chunk):
+                yield ev
+        async for chunk in chunks:
+            if chunk is HEARTBEAT:
+                yield rs.keepalive()
+                continue
+            if chunk.get("usage"):
+                log.add_usage(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                seen += len(json.dumps(choice.get("delta") or {})) - 2
+            for ev in rs.feed(chunk):
+                yield ev
+        for ev in rs.finish():
+            _note_terminal(ev, log)
+            yield ev
+        finished = True
+    except ProxyError as err:
+        log.fail(err)
+        for ev in rs.fail(err):
+            yield ev
+        finished = True
+    finally:
+        await chunks.aclose()
+        _close_log(log, finished, seen)
+
+
+def _note_terminal(ev: dict, log: UsageLog) -> None:
+    if ev.get("type") == "response.failed":
+        error = (ev.get("response") or {}).get("error") or {}
+        log.status, log.error_type = 502, str(error.get("code") or "server_error")
+        log.error_message = str(error.get("message") or "")[:1000]
+
+
+def _close_log(log: UsageLog, finished: bool, seen_chars: int) -> None:
+    if not finished and not log.error_type:
+        log.client_closed, log.status = True, 499
+    if log.prompt == 0 and log.completion == 0 and seen_chars > 0:
+        log.completion, log.estimated = max(1, seen_chars // 4), True
+    log.finish()
+
+
+async def _encoded(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    try:
+        async for ev in events:
+            yield encode_event(ev)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def _collect(events: AsyncIterator[dict]) -> Response:
+    """``stream: false``: the terminal event's response object, as JSON."""
+    final: dict | None = None
+    async for ev in events:
+        if ev.get("type") in _TERMINAL:
+            final = ev.get("response")
+    if final is None:
+        raise ProxyError(502, "upstream ended without a response", code="server_error")
+    if final.get("status") == "failed":
+        error = final.get("error") or {}
+        raise ProxyError(502, str(error.get("message") or "upstream failed"), code=error.get("code") or "server_error")
+    return json_response(final)
+
+
+# ---- native passthrough ----------------------------------------------------------
+
+async def _parsed(frames: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    from .sse import SSEParser
+
+    parser = SSEParser()
+    try:
+        async for frame in frames:
+            for event in parser.feed(frame):
+                try:
+                    yield json.loads(event.data)
+                except ValueError:
+                    continue
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]
+
+
+async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
+    chunks = opened.chunks
+    assert chunks is not None
+    finished = False
+    try:
+        for event in [*opened.first]:
+            _native_usage(event, log)
+            yield event.raw
+        async for event in chunks:
+            if event is HEARTBEAT:
+                continue
+            _native_usage(event, log)
+            yield event.raw
+        finished = True
+    except ProxyError as err:
+        log.fail(err)
+        yield encode_event({"type": "response.failed", "response": {
+            "id": "resp_failed", "object": "response", "status": "failed", "output": [],
+            "error": {"code": err.code or "server_error", "message": err.message}}})
+        finished = True
+    finally:
+        await chunks.aclose()
+        _close_log(log, finished, 0)
+
+
+def _native_usage(event, log: UsageLog) -> None:
+    if event.event not in _TERMINAL and '"response.' not in event.data[:60]:
+        return
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        return
+    if data.get("type") in _TERMINAL:
+        log.add_usage(chat_usage_from_responses((data.get("response") or {}).get("usage")))
+        if data["type"] == "response.failed":
+            _note_terminal(data, log)
+
+
+def chat_usage_from_responses(usage: dict | None) -> dict | None:
+    if not isinstance(usage, dict):
+        return None
+    return {
+        "prompt_tokens": usage.get("input_tokens") or 0,
+        "completion_tokens": usage.get("output_tokens") or 0,
+        "prompt_tokens_details": {"cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens")},
+        "completion_tokens_details": {
+            "reasoning_tokens": (usage.get("output_tokens_details") or {}).get("reasoning_tokens")},
+    }
