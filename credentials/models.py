@@ -20,6 +20,8 @@ from django.dispatch import receiver
 
 from .fields import EncryptedTextField
 
+# Any http(s) URL, including single-label hosts (docker-compose service names such as http://vllm:8000/v1).
+URL_VALIDATOR = RegexValidator(r"^https?://[^\s/?#]+(/[^\s]*)?$", "Enter an http(s) URL, e.g. http://vllm:8000/v1.")
 NAME_VALIDATOR = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$", "Use letters, digits and _ . : @ / - (no spaces).")
 
 
@@ -36,8 +38,8 @@ class Credential(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[NAME_VALIDATOR])
     type = models.CharField(max_length=20, choices=CredentialType.choices)
     api_key = EncryptedTextField(blank=True, default="", help_text="Stored encrypted; never shown again.")
-    base_url = models.URLField(
-        max_length=500, blank=True, default="",
+    base_url = models.CharField(
+        max_length=500, blank=True, default="", validators=[URL_VALIDATOR],
         help_text="Overrides the provider's public endpoint (a trailing /v1 is fine).",
     )
     project_id = models.CharField("Vertex project", max_length=200, blank=True, default="")

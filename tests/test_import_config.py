@@ -648,7 +648,7 @@ ERROR_CASES = {
     ),
     "bad base_url": (
         "credentials: [{name: a, type: openai, api_key: sk-aaaaaaaa, base_url: not a url}]",
-        ["credentials[0].base_url: Enter a valid URL."],
+        ["credentials[0].base_url: Enter an http(s) URL"],
     ),
     "headers not a mapping": (
         "credentials: [{name: a, type: demo, headers: [a, b]}]",

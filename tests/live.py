@@ -1,0 +1,108 @@
+"""Run the router as a real Daphne process for end-to-end tests (Codex CLI, several instances).
+
+Each ``LiveRouter`` gets its own SQLite file (copied from a migrated template),
+loads a YAML config with ``manage.py import_config`` and serves on a free
+loopback port. Usage rows are read straight from its database file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+_TEMPLATE: Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(db: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_"))}
+    env.update({"DATABASE_URL": f"sqlite:///{db}", "DJANGO_SETTINGS_MODULE": "routerproject.settings",
+                "ROUTER_ENCRYPTION_KEY": "live-test-key", "PYTHONUNBUFFERED": "1"})
+    env.pop("REDIS_URL", None)
+    env.update(extra or {})
+    return env
+
+
+def _template(tmp_root: Path) -> Path:
+    global _TEMPLATE
+    if _TEMPLATE is None or not _TEMPLATE.exists():
+        db = tmp_root / "template.sqlite3"
+        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=_env(db, None),
+                       check=True, timeout=120)
+        _TEMPLATE = db
+    return _TEMPLATE
+
+
+class LiveRouter:
+    def __init__(self, config_yaml: str, tmp_path: Path, *, env: dict[str, str] | None = None,
+                 db: Path | None = None) -> None:
+        self.tmp = tmp_path
+        self.db = db or tmp_path / f"router-{free_port()}.sqlite3"
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.log_path = tmp_path / f"daphne-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        if db is None:
+            shutil.copy(_template(tmp_path.parent), self.db)
+            cfg = tmp_path / f"router-{self.port}.yaml"
+            cfg.write_text(config_yaml)
+            out = subprocess.run([PYTHON, "manage.py", "import_config", str(cfg)], cwd=ROOT,
+                                 env=_env(self.db, self.extra_env), capture_output=True, text=True, timeout=120)
+            if out.returncode:
+                raise RuntimeError(f"import_config failed:\n{out.stdout}\n{out.stderr}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveRouter:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "routerproject.asgi:application"],
+            cwd=ROOT, env=_env(self.db, self.extra_env), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router exited:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"router did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def usage_rows(self, wait_for: int = 1, timeout: float = 10.0) -> list[dict]:
+        """Usage rows written by the router process (it flushes in the background)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(self.db) as conn:
+                conn.row_factory = sqlite3.Row
+                rows = [dict(r) for r in conn.execute("SELECT * FROM proxy_usagerecord ORDER BY id")]
+            if len(rows) >= wait_for or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.1)
