@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from ..errors import ProxyError
+from .anthropic import AnthropicAdapter
 from .base import Adapter
 from .demo import DemoAdapter
+from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter, ProxyAdapter
+from .vertex import VertexAdapter
 
 _ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "proxy": ProxyAdapter(),
     "demo": DemoAdapter(),
+    "anthropic": AnthropicAdapter(),
+    "gemini": GeminiAdapter(),
+    "vertex-ai": VertexAdapter(),
 }
-
-
-def register(kind: str, adapter: Adapter) -> None:
-    _ADAPTERS[kind] = adapter
 
 
 def adapter_for(kind: str) -> Adapter:
