@@ -1,10 +1,11 @@
 """The routing configuration as an immutable in-memory snapshot.
 
 The request path calls ``await current()``: no database query unless the
-snapshot is missing. A poll (at most every ``ROUTER_CONFIG_POLL_SECONDS``,
-in a worker thread, never awaited by a request) compares
-``RouterSettings.config_version``; an admin save in this process or in any
-other bumps it, so every instance reloads within about a second.
+snapshot is missing or older than ``ROUTER_CONFIG_POLL_SECONDS``, when one
+request checks ``RouterSettings.config_version`` (one indexed row, in a worker
+thread) and reloads if it changed. An admin save in this process drops the
+snapshot at once (signals); one in another process bumps the version, so every
+instance reloads within about a second.
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class _Snapshot:
         self.checked = 0.0
         self.polling = False
         self.lock = threading.Lock()
-        self.loading: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
 
     def _poll(self) -> None:
         try:
@@ -147,8 +147,11 @@ async def current() -> RouterConfig:
         await db.run(_load_once)
         return snap.config  # type: ignore[return-value]
     if time.monotonic() - snap.checked > settings.ROUTER_CONFIG_POLL_SECONDS and not snap.polling:
+        # At most one request per poll interval pays for a one-row version check (in a worker
+        # thread); concurrent requests keep using the snapshot meanwhile.
         snap.polling = True
-        asyncio.get_running_loop().run_in_executor(None, snap._poll)
+        await asyncio.get_running_loop().run_in_executor(None, snap._poll)
+        return snap.config or config
     return config
 
 
@@ -162,8 +165,3 @@ def _load_once() -> None:
 def invalidate() -> None:
     """Drop the snapshot; the next request reloads (tests, and after imports in-process)."""
     _snapshot.config = None
-
-
-def set_for_tests(config: RouterConfig | None) -> None:
-    _snapshot.config = config
-    _snapshot.checked = time.monotonic() + 3600 if config else 0.0

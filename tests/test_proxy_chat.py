@@ -261,3 +261,19 @@ async def test_unknown_api_path_and_method(app, upstream):
     await upstream()
     assert (await call(app, "POST", "/v1/nothing", CHAT, AUTH)).status == 404
     assert (await call(app, "GET", "/v1/chat/completions", None, AUTH)).status == 405
+
+
+async def test_change_made_by_another_process_is_noticed_within_the_poll_interval(app, upstream, settings):
+    from credentials.models import ModelAlias, bump_config_version
+
+    settings.ROUTER_CONFIG_POLL_SECONDS = 0.2
+    await upstream(Reply(json=completion()))
+    assert (await call(app, "POST", "/v1/chat/completions", {**CHAT, "model": "other"}, AUTH)).status == 404
+
+    def other_process_edit():  # bulk_create sends no signals: only the version bump tells us
+        ModelAlias.objects.bulk_create([ModelAlias(alias="other", targets=["gpt-4o"])])
+        bump_config_version()
+
+    await sync_to_async(other_process_edit)()
+    await asyncio.sleep(0.3)
+    assert (await call(app, "POST", "/v1/chat/completions", {**CHAT, "model": "other"}, AUTH)).status == 200
