@@ -66,7 +66,8 @@ def test_logging_off_records_nothing(settings):
 
 
 def test_pending_rows_are_flushed_when_the_router_stops(tmp_path):
-    yaml = "server: {master_key: sk-live}\ncredentials: [{name: demo, type: demo}]\nmodels: [{name: demo, credential: demo}]\n"
+    yaml = ("server: {master_key: sk-live}\ncredentials: [{name: demo, type: demo}]\n"
+            "models: [{name: demo, credential: demo}]\n")
     router = LiveRouter(yaml, tmp_path, env={"ROUTER_USAGE_FLUSH_SECONDS": "600"}).start()
     try:
         res = httpx.post(router.url + "/v1/chat/completions", headers={"authorization": "Bearer sk-live"},
