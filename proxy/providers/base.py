@@ -30,6 +30,10 @@ class UpstreamRequest:
     stream: bool = False
     ctx: Any = None
     method: str = "POST"
+    #: the deployment it was built for and the client's body: for adapters whose ``send`` must
+    #: re-authenticate or re-translate once (Vertex after a 401, Gemini after a bad thought signature)
+    dep: Deployment | None = None
+    source: dict | None = None
 
 
 class StreamTranslator(Protocol):

@@ -1,13 +1,40 @@
-"""Gemini API on AI Studio (``type: gemini``), key in ``x-goog-api-key`` (never in the URL)."""
+"""Gemini API on AI Studio (``type: gemini``), and the Google-side I/O that Vertex shares.
+
+The key goes in ``x-goog-api-key`` (never in the URL, where it would end up in logs).
+Besides URLs and auth, three steps need I/O and so cannot live in the pure translator;
+they run in ``send`` (for both AI Studio and Vertex Gemini):
+
+* remote media: ``fileData`` parts with an http(s) URL (client ``image_url`` / file URLs)
+  are downloaded and sent as ``inlineData``; Google fetches only some hosts itself. The
+  download is bounded in size and time, and by default refuses hosts that resolve to
+  private addresses (the router must not become a way into its own network);
+* a 400 "invalid/corrupted thought signature" (a signature minted by another model or
+  project, e.g. after a failover) is retried once with the signatures replaced by the
+  documented dummy value;
+* embeddings are split into batches the endpoint accepts, sent concurrently and merged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import base64
+import dataclasses
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
+import httpx
+from django.conf import settings
+
+from .. import http
 from ..config import Deployment
 from ..errors import ProxyError
 from ..translators.gemini import (
+    DUMMY_SIGNATURE,
     GeminiContext,
     GeminiStream,
     chat_to_gemini,
@@ -19,6 +46,194 @@ from ..translators.gemini import (
 )
 from .base import Adapter, UpstreamRequest
 
+log = logging.getLogger(__name__)
+
+Post = Callable[[UpstreamRequest, dict[str, str]], Awaitable[httpx.Response]]
+
+MEDIA_MAX_BYTES = 20 * 1024 * 1024  # AI Studio's limit for a whole request with inline data
+MEDIA_TIMEOUT = 20.0
+MEDIA_MAX_REDIRECTS = 3
+EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
+EMBED_CONCURRENCY = 8
+
+
+# ---- remote media ---------------------------------------------------------------
+
+def _media_limits() -> tuple[int, float, bool]:
+    return (getattr(settings, "ROUTER_MEDIA_MAX_BYTES", MEDIA_MAX_BYTES),
+            getattr(settings, "ROUTER_MEDIA_TIMEOUT", MEDIA_TIMEOUT),
+            getattr(settings, "ROUTER_MEDIA_ALLOW_PRIVATE", False))
+
+
+def _media_error(url: str, reason: str) -> ProxyError:
+    shown = url if len(url) <= 200 else f"{url[:200]}..."
+    return ProxyError(400, f"Could not download {shown!r} to send it to the model: {reason}", param="messages",
+                      code="invalid_image_url")
+
+
+async def _check_public(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _media_error(url, "only http(s) URLs can be downloaded")
+    try:
+        addresses = [ipaddress.ip_address(parts.hostname)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
+                                                                 type=socket.SOCK_STREAM)
+        except OSError:
+            raise _media_error(url, "the host name does not resolve") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not all(a.is_global for a in addresses):
+        raise _media_error(url, "the host resolves to a private address")
+
+
+async def _download(url: str, max_bytes: int, allow_private: bool) -> tuple[str | None, bytes]:
+    client = http.client()
+    for _ in range(MEDIA_MAX_REDIRECTS + 1):
+        if not allow_private:
+            await _check_public(url)
+        response = await client.send(client.build_request("GET", url), stream=True)
+        try:
+            if response.is_redirect and response.headers.get("location"):
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code >= 400:
+                raise _media_error(url, f"HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise _media_error(url, f"larger than {max_bytes} bytes")
+            data = bytearray()
+            async for piece in response.aiter_bytes():
+                data += piece
+                if len(data) > max_bytes:
+                    raise _media_error(url, f"larger than {max_bytes} bytes")
+            mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            return (mime if "/" in mime and mime != "application/octet-stream" else None), bytes(data)
+        finally:
+            await response.aclose()
+    raise _media_error(url, "too many redirects")
+
+
+async def fetch_media(url: str) -> tuple[str | None, str]:
+    """(content type or None, base64 data) of ``url``; a ``ProxyError`` 400 when it cannot be had."""
+    max_bytes, timeout, allow_private = _media_limits()
+    try:
+        async with asyncio.timeout(timeout):
+            mime, data = await _download(url, max_bytes, allow_private)
+    except TimeoutError:
+        raise _media_error(url, f"no complete answer within {timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise _media_error(url, type(exc).__name__) from None
+    return mime, base64.b64encode(data).decode()
+
+
+def _remote_parts(body: dict) -> list[dict]:
+    return [part for content in body.get("contents") or [] for part in content.get("parts") or []
+            if str((part.get("fileData") or {}).get("fileUri", "")).startswith(("http://", "https://"))]
+
+
+async def inline_remote_media(body: dict, cache: dict[str, tuple[str | None, str]]) -> None:
+    """Replace http(s) ``fileData`` parts by ``inlineData`` (each URL downloaded once, concurrently)."""
+    parts = _remote_parts(body)
+    urls = list(dict.fromkeys(p["fileData"]["fileUri"] for p in parts if p["fileData"]["fileUri"] not in cache))
+    if urls:
+        cache.update(zip(urls, await asyncio.gather(*(fetch_media(u) for u in urls)), strict=True))
+    for part in parts:
+        file = part.pop("fileData")
+        mime, data = cache[file["fileUri"]]
+        part["inlineData"] = {"mimeType": mime or file["mimeType"], "data": data}
+
+
+# ---- generateContent ---------------------------------------------------------------
+
+def _has_signatures(body: dict) -> bool:
+    return any(part.get("thoughtSignature") not in (None, DUMMY_SIGNATURE)
+               for content in body.get("contents") or [] for part in content.get("parts") or [])
+
+
+async def send_generate(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    """Remote media inlined; one retry without thought signatures when Google rejects them."""
+    media: dict[str, tuple[str | None, str]] = {}
+    await inline_remote_media(req.body, media)
+    response = await post(req, headers)
+    if response.status_code != 400 or req.source is None or req.dep is None or not _has_signatures(req.body):
+        return response
+    body = await response.aread()  # kept by httpx: the pipeline reads it again if we give up
+    await response.aclose()
+    if gemini_error(400, body, response.headers).code != "invalid_thought_signature":
+        return response
+    log.info("%s rejected the thought signatures; retrying once without them", req.dep.key)
+    req.body, req.ctx = chat_to_gemini(req.source, req.dep.upstream_model, replace_signatures=True)
+    await inline_remote_media(req.body, media)
+    return await post(req, headers)
+
+
+# ---- embeddings ------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class EmbeddingBatches:
+    """Context of an embeddings request: its batches go out as separate upstream requests."""
+
+    model: str
+    encoding_format: str | None
+    bodies: list[dict]
+    key: str  # the list to concatenate: "embeddings" (AI Studio) or "predictions" (Vertex)
+
+
+def batched(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _merge(datas: list[dict], key: str) -> dict:
+    merged: dict[str, Any] = {key: [item for data in datas for item in data.get(key) or []]}
+    counts = [(d.get("usageMetadata") or {}).get("promptTokenCount") for d in datas]
+    if any(c is not None for c in counts):
+        merged["usageMetadata"] = {"promptTokenCount": sum(int(c or 0) for c in counts)}
+    return merged
+
+
+async def send_embeddings(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    """One request per batch (at most ``EMBED_CONCURRENCY`` at once), merged into one answer in input order."""
+    ctx: EmbeddingBatches = req.ctx
+    if len(ctx.bodies) == 1:
+        return await post(req, headers)
+    limit = asyncio.Semaphore(EMBED_CONCURRENCY)
+
+    async def one(body: dict) -> httpx.Response:
+        async with limit:
+            response = await post(dataclasses.replace(req, body=body), headers)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
+
+    results = await asyncio.gather(*(one(b) for b in ctx.bodies), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    responses: list[httpx.Response] = results  # type: ignore[assignment]
+    failed = next((r for r in responses if r.status_code >= 400), None)
+    if failed is not None:
+        return failed
+    try:
+        merged = _merge([r.json() for r in responses], ctx.key)
+    except ValueError:
+        raise ProxyError(502, "upstream returned a body that is not JSON", code="bad_upstream_response") from None
+    return httpx.Response(200, json=merged, request=responses[0].request)
+
+
+async def send_google(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    """``send`` for Google's APIs (AI Studio and Vertex Gemini): the I/O steps above, by request kind."""
+    if isinstance(req.ctx, GeminiContext):
+        return await send_generate(post, req, headers)
+    if isinstance(req.ctx, EmbeddingBatches):
+        return await send_embeddings(post, req, headers)
+    return await post(req, headers)
+
+
+# ---- the adapter ----------------------------------------------------------------------
 
 class GeminiAdapter(Adapter):
     provider = "gemini"
@@ -30,10 +245,13 @@ class GeminiAdapter(Adapter):
             headers["x-goog-api-key"] = cred.api_key
         return headers
 
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+        return await send_google(super().send, req, headers)
+
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
         out, ctx = chat_to_gemini(body, dep.upstream_model)
         return UpstreamRequest(gemini_url(dep.credential.base_url, dep.upstream_model, stream), out,
-                               self.headers(dep), stream, ctx)
+                               self.headers(dep), stream, ctx, dep=dep, source=body)
 
     def chat_response(self, data: dict, ctx: GeminiContext) -> dict:
         return gemini_to_chat(data, ctx)
@@ -46,9 +264,10 @@ class GeminiAdapter(Adapter):
 
     def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         url = gemini_url(dep.credential.base_url, dep.upstream_model, False, action="batchEmbedContents")
-        return UpstreamRequest(url, embeddings_to_gemini(body, dep.upstream_model), self.headers(dep),
-                               ctx=(body["model"], body.get("encoding_format")))
+        requests = embeddings_to_gemini(body, dep.upstream_model)["requests"]
+        bodies = [{"requests": batch} for batch in batched(requests, EMBED_BATCH)]
+        ctx = EmbeddingBatches(str(body["model"]), body.get("encoding_format"), bodies, "embeddings")
+        return UpstreamRequest(url, bodies[0], self.headers(dep), ctx=ctx, dep=dep)
 
-    def embeddings_response(self, data: dict, ctx: Any) -> dict:
-        model, encoding = ctx
-        return gemini_embeddings_to_openai(data, model, encoding_format=encoding)
+    def embeddings_response(self, data: dict, ctx: EmbeddingBatches) -> dict:
+        return gemini_embeddings_to_openai(data, ctx.model, encoding_format=ctx.encoding_format)

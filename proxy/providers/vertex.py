@@ -1,13 +1,19 @@
 """Vertex AI (``type: vertex-ai``): Gemini models, and Claude models through ``publishers/anthropic``.
 
-Both speak their own provider's format (the Gemini and Anthropic translators);
-only the URLs and the OAuth2 bearer token differ.
+Both speak their own provider's format (the Gemini and Anthropic translators, and the
+Google-side I/O of ``providers.gemini``); only the URLs and the OAuth2 bearer token
+differ. The token comes from the credential's service account (``google_token``); a
+401 drops it and the request is sent once more with a fresh one, so a token revoked
+or expired early costs one retry instead of failing the request.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+import httpx
 
 from ..config import CredentialConfig, Deployment
 from ..errors import ProxyError
@@ -27,14 +33,28 @@ from ..translators.gemini import (
     vertex_embeddings_to_openai,
     vertex_url,
 )
-from .base import Adapter, UpstreamRequest
+from .anthropic import ClaudeStream
+from .base import Adapter, StreamTranslator, UpstreamRequest
+from .gemini import EMBED_BATCH, EmbeddingBatches, batched, send_google
 from .google_token import TokenCache
 
+log = logging.getLogger(__name__)
 tokens = TokenCache()
+DEFAULT_LOCATION = "us-central1"
 
 
 def is_claude(model: str) -> bool:
-    return model.startswith("claude") or "/anthropic/" in model
+    return model.startswith(("claude", "anthropic/")) or "/anthropic/" in model
+
+
+def embed_batch_size(model: str) -> int:
+    # gemini-embedding-001 takes a single instance per :predict; the text-embedding models take up to 250,
+    # but also at most 20k tokens per call, so batches stay at AI Studio's 100.
+    return 1 if "gemini-embedding" in model else EMBED_BATCH
+
+
+def project_of(cred: CredentialConfig) -> str:
+    return cred.project_id or str((cred.service_account or {}).get("project_id") or "")
 
 
 class VertexAdapter(Adapter):
@@ -50,39 +70,70 @@ class VertexAdapter(Adapter):
         if cred.service_account:
             tokens.forget(cred.service_account)
 
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+        response = await self._send(req, headers)
+        if response.status_code != 401 or req.dep is None or not req.dep.credential.service_account:
+            return response
+        await response.aread()  # kept: it is what the client sees if no fresh token can be had
+        await response.aclose()
+        cred = req.dep.credential
+        tokens.forget(cred.service_account, rejected=headers.get("authorization", "").removeprefix("Bearer "))
+        try:
+            fresh = await self.auth_headers(cred)
+        except Exception as exc:  # the token endpoint failed: report Vertex's own 401
+            log.warning("credential %s: token refresh after a 401 failed (%s)", cred.name, type(exc).__name__)
+            return response
+        log.info("credential %s: Vertex answered 401; retrying once with a fresh token", cred.name)
+        return await self._send(req, {**headers, **fresh})
+
+    async def _send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+        if isinstance(req.ctx, AnthropicContext):
+            return await super().send(req, headers)
+        return await send_google(super().send, req, headers)
+
     def _url(self, dep: Deployment, publisher: str, action: str) -> str:
         cred = dep.credential
-        return vertex_url(cred.base_url or None, cred.project_id, cred.location or "us-central1", publisher,
-                          dep.upstream_model, action)
+        return vertex_url(cred.base_url or None, project_of(cred), cred.location or DEFAULT_LOCATION, publisher,
+                          dep.upstream_model.removeprefix("anthropic/"), action)
+
+    @staticmethod
+    def _headers(dep: Deployment) -> dict[str, str]:
+        return {"content-type": "application/json", **dep.credential.extra_headers}
 
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
-        headers = {"content-type": "application/json", **dep.credential.extra_headers}
         if is_claude(dep.upstream_model):
             out, ctx = chat_to_anthropic({**body, "stream": stream}, dep.upstream_model, vertex=True)
             action = "streamRawPredict" if stream else "rawPredict"
-            return UpstreamRequest(self._url(dep, "anthropic", action), out, headers, stream, ctx)
+            return UpstreamRequest(self._url(dep, "anthropic", action), out, self._headers(dep), stream, ctx,
+                                   dep=dep)
         out, gctx = chat_to_gemini(body, dep.upstream_model)
         action = "streamGenerateContent" if stream else "generateContent"
-        return UpstreamRequest(self._url(dep, "google", action), out, headers, stream, gctx)
+        return UpstreamRequest(self._url(dep, "google", action), out, self._headers(dep), stream, gctx, dep=dep,
+                               source=body)
 
     def chat_response(self, data: dict, ctx: Any) -> dict:
         return anthropic_to_chat(data, ctx) if isinstance(ctx, AnthropicContext) else gemini_to_chat(data, ctx)
 
-    def chat_stream(self, ctx: Any):
-        return AnthropicStream(ctx) if isinstance(ctx, AnthropicContext) else GeminiStream(ctx)
+    def chat_stream(self, ctx: Any) -> StreamTranslator:
+        return ClaudeStream(AnthropicStream(ctx)) if isinstance(ctx, AnthropicContext) else GeminiStream(ctx)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
-        # Claude and Gemini errors on Vertex both come from Google's front end or the model;
-        # anthropic_error understands Anthropic's shape, gemini_error Google's.
-        if b'"type": "error"' in body[:200] or b'"type":"error"' in body[:200]:
+        # Claude's model errors are Anthropic-shaped; Vertex's front end (quota, auth) and Gemini answer
+        # in Google's shape.
+        head = body[:200]
+        if b'"type": "error"' in head or b'"type":"error"' in head:
             return anthropic_error(status, body, headers)
-        return gemini_error(status, body, headers, provider="vertex")
+        return gemini_error(status, body, headers, provider=self.provider)
 
     def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
-        return UpstreamRequest(self._url(dep, "google", "predict"), embeddings_to_vertex(body),
-                               {"content-type": "application/json", **dep.credential.extra_headers},
-                               ctx=(body["model"], body.get("encoding_format")))
+        if is_claude(dep.upstream_model):
+            return super().embeddings_request(dep, body)  # Claude has no embeddings: a clear 400
+        out = embeddings_to_vertex(body)
+        extra = {k: v for k, v in out.items() if k != "instances"}
+        bodies = [{"instances": batch, **extra} for batch in batched(out["instances"],
+                                                                     embed_batch_size(dep.upstream_model))]
+        ctx = EmbeddingBatches(str(body["model"]), body.get("encoding_format"), bodies, "predictions")
+        return UpstreamRequest(self._url(dep, "google", "predict"), bodies[0], self._headers(dep), ctx=ctx, dep=dep)
 
-    def embeddings_response(self, data: dict, ctx: Any) -> dict:
-        model, encoding = ctx
-        return vertex_embeddings_to_openai(data, model, encoding_format=encoding)
+    def embeddings_response(self, data: dict, ctx: EmbeddingBatches) -> dict:
+        return vertex_embeddings_to_openai(data, ctx.model, encoding_format=ctx.encoding_format)
