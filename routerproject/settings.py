@@ -149,6 +149,10 @@ ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
 ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
 ROUTER_HTTP_TRANSPORT = os.environ.get("ROUTER_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
 ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)
+# Image URLs that Gemini cannot fetch itself are downloaded by the router (bounded; no private hosts).
+ROUTER_MEDIA_MAX_BYTES = env_int("ROUTER_MEDIA_MAX_BYTES", 20 * 1024 * 1024)
+ROUTER_MEDIA_TIMEOUT = env_float("ROUTER_MEDIA_TIMEOUT", 20.0)
+ROUTER_MEDIA_ALLOW_PRIVATE = env_bool("ROUTER_MEDIA_ALLOW_PRIVATE")
 
 LOGGING = {
     "version": 1,
