@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 Post = Callable[[UpstreamRequest, dict[str, str]], Awaitable[httpx.Response]]
 
-MEDIA_MAX_BYTES = 20 * 1024 * 1024  # AI Studio's limit for a whole request with inline data
-MEDIA_TIMEOUT = 20.0
 MEDIA_MAX_REDIRECTS = 3
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
 EMBED_CONCURRENCY = 8
@@ -60,9 +58,7 @@ EMBED_CONCURRENCY = 8
 # ---- remote media ---------------------------------------------------------------
 
 def _media_limits() -> tuple[int, float, bool]:
-    return (getattr(settings, "ROUTER_MEDIA_MAX_BYTES", MEDIA_MAX_BYTES),
-            getattr(settings, "ROUTER_MEDIA_TIMEOUT", MEDIA_TIMEOUT),
-            getattr(settings, "ROUTER_MEDIA_ALLOW_PRIVATE", False))
+    return settings.ROUTER_MEDIA_MAX_BYTES, settings.ROUTER_MEDIA_TIMEOUT, settings.ROUTER_MEDIA_ALLOW_PRIVATE
 
 
 def _media_error(url: str, reason: str) -> ProxyError:
