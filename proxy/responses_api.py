@@ -159,13 +159,18 @@ async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
     chunks = opened.chunks
     assert chunks is not None
     finished = False
+    response_id: str | None = None
     try:
         for event in [*opened.first]:
+            response_id = response_id or _response_id(event)
             _native_usage(event, log)
             yield event.raw
         async for event in chunks:
             if event is HEARTBEAT:
+                # A reasoning upstream can be silent for minutes; Codex's idle timer counts data events only.
+                yield _in_progress(response_id or "resp_pending")
                 continue
+            response_id = response_id or _response_id(event)
             _native_usage(event, log)
             yield event.raw
         finished = True
@@ -178,6 +183,21 @@ async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
     finally:
         await chunks.aclose()
         _close_log(log, finished, 0)
+
+
+def _response_id(event) -> str | None:
+    if '"response"' not in event.data:
+        return None
+    try:
+        response = json.loads(event.data).get("response")
+    except (ValueError, AttributeError):
+        return None
+    return response.get("id") if isinstance(response, dict) and isinstance(response.get("id"), str) else None
+
+
+def _in_progress(response_id: str) -> bytes:
+    return encode_event({"type": "response.in_progress", "response": {
+        "id": response_id, "object": "response", "status": "in_progress", "output": []}})
 
 
 def _native_usage(event, log: UsageLog) -> None:
