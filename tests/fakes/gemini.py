@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .server import FakeServer, Recorded, Reply
+from .server import FakeProvider, Recorded, Reply
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 NEW_SIGNATURE = "<new signature>"
@@ -501,7 +501,7 @@ def fake_vector(text_value: str, dims: int = 8) -> list[float]:
 
 # ---- the Gemini / Vertex fake ---------------------------------------------------------
 
-class GeminiFake:
+class GeminiFake(FakeProvider):
     def __init__(self, *script: Turn | GoogleError | Reply, api_key: str = "gm-test-key",
                  oauth: FakeOAuth | None = None, project: str = "test-project", require_signatures: bool = True,
                  model_version: str = "gemini-fake-001") -> None:
@@ -513,24 +513,9 @@ class GeminiFake:
         self.model_version = model_version
         self.signatures: set[str] = set()
         self.rejections: list[list[str]] = []
-        self.server = FakeServer(self.handle)
+        super().__init__()
 
     # lifecycle
-    def start(self) -> GeminiFake:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def requests(self) -> list[Recorded]:
-        return self.server.requests
-
     def add(self, *items: Turn | GoogleError | Reply) -> None:
         self.script.extend(items)
 
@@ -758,7 +743,7 @@ def verify_assertion(assertion: str, audiences: set[str], now: float | None = No
     return claims
 
 
-class FakeOAuth:
+class FakeOAuth(FakeProvider):
     """``POST /token`` with ``grant_type=jwt-bearer&assertion=<JWT>`` -> ``{"access_token": "tok-N", ...}``."""
 
     def __init__(self, *, expires_in: int = 3600, failures: list[Reply] | None = None) -> None:
@@ -768,18 +753,7 @@ class FakeOAuth:
         self.issued = 0
         self.tokens: dict[str, float] = {}
         self.claims: list[dict] = []
-        self.server = FakeServer(self.handle)
-
-    def start(self) -> FakeOAuth:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+        super().__init__()
 
     @property
     def token_uri(self) -> str:

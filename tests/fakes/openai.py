@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .server import FakeServer, Recorded, Reply, Script
+from .server import FakeProvider, Recorded, Reply, Script
 
 
 def completion(text: str = "Hello!", *, model: str = "gpt-4o-2024-08-06", prompt: int = 9,
@@ -55,27 +55,12 @@ def error_reply(status: int, message: str, *, code: str | None = None, type_: st
                  headers=headers or {})
 
 
-class OpenAIFake:
+class OpenAIFake(FakeProvider):
     def __init__(self, *replies: Reply, api_key: str = "sk-upstream-secret", models: list[str] | None = None) -> None:
         self.script = Script(*replies)
         self.api_key = api_key
         self.models = models or []
-        self.server = FakeServer(self.handle)
-
-    def start(self) -> OpenAIFake:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def requests(self) -> list[Recorded]:
-        return self.server.requests
+        super().__init__()
 
     async def handle(self, req: Recorded):
         if req.headers.get("authorization") != f"Bearer {self.api_key}":

@@ -142,6 +142,31 @@ class FakeServer:
         return resp
 
 
+class FakeProvider:
+    """Base of the fake providers: owns a ``FakeServer`` answering with ``self.handle``."""
+
+    def __init__(self) -> None:
+        self.server = FakeServer(self.handle)
+
+    async def handle(self, req: Recorded) -> web.StreamResponse | Reply:
+        raise NotImplementedError
+
+    def start(self):
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def requests(self) -> list[Recorded]:
+        return self.server.requests
+
+
 class Script:
     """A handler answering each request with the next queued ``Reply`` (or a callable)."""
 
