@@ -1,12 +1,22 @@
 """Calling upstreams: failover before the first byte, timeouts, stream reading.
 
-``open_upstream`` walks the routing plan: it builds the provider request with
-the deployment's adapter, sends it, and on a retryable failure (transport
-error, time-out before headers, 429/5xx/529, a credential rejected) moves to
-the next deployment, re-translating for that provider. For streams it also
-reads until the first translated chunk, so an error event that arrives before
-any output (Anthropic's ``overloaded_error`` after ``message_start``) still
-fails over. Once the caller has sent a byte to the client there is no retry.
+``open_upstream`` walks the routing plan: the routing state admits the first
+candidate that is neither cooling down nor at an RPM/TPM limit (skipping the
+others without calling them); the deployment's adapter builds the provider
+request, and on a retryable failure (transport error, time-out before headers,
+429/5xx/529, a credential rejected) the failure is counted for fail2ban and the
+next candidate is admitted, re-translating for its provider, after a small
+jitter. Each alias target gets ``ROUTER_MAX_ATTEMPTS`` attempts. For streams it
+also reads until the first translated chunk, so an error event that arrives
+before any output (Anthropic's ``overloaded_error`` after ``message_start``)
+still fails over. Once the caller has sent a byte to the client there is no retry.
+
+When nothing could be admitted: if some deployment is only cooling down after
+errors (not rate limits, not permanently), the one that recovers soonest is
+probed, at most once a second per process (a half-open circuit breaker: a lone
+credential is not refused for a whole ban after a transient blip); otherwise the
+client gets 429 + Retry-After when every candidate is rate limited (by us or by
+the provider), else 503.
 """
 
 from __future__ import annotations
@@ -14,23 +24,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 from django.conf import settings
 
+from . import state as state_mod
 from .config import Deployment
 from .errors import ProxyError
 from .providers import adapter_for
 from .providers.base import Adapter, StreamTranslator, UpstreamRequest
+from .providers.openai import HOP_HEADER
+from .routing import Plan
 from .sse import SSEParser
+from .state import Skip
 from .usage import UsageLog
 
 log = logging.getLogger(__name__)
 
 Build = Callable[[Adapter, Deployment], UpstreamRequest]
 HEARTBEAT = object()
+# the status fail2ban counts when the error did not come with an HTTP status of its own
+_STATUS_BY_CODE = {"upstream_authentication_error": 401, "upstream_unreachable": 502, "upstream_timeout": 504,
+                   "server_is_overloaded": 529, "rate_limit_exceeded": 429, "insufficient_quota": 429}
 
 
 @dataclass
@@ -44,29 +62,103 @@ class Opened:
     chunks: AsyncIterator | None = None
 
 
-async def open_upstream(plan: list[Deployment], build: Build, usage: UsageLog, *,
+@dataclass
+class _Walk:
+    plan: Plan
+    build: Build
+    usage: UsageLog
+    stream: bool
+    heartbeat: float | None
+    errors: list[ProxyError] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    spent: Counter = field(default_factory=Counter)
+
+
+async def open_upstream(plan: Plan, build: Build, usage: UsageLog, *,
                         stream: bool, heartbeat: float | None = None) -> Opened:
-    errors: list[ProxyError] = []
-    max_attempts = max(1, settings.ROUTER_MAX_ATTEMPTS)
-    for attempt, dep in enumerate(plan[:max_attempts]):
-        if attempt:
-            await asyncio.sleep(random.uniform(0.0, 0.05))  # jitter: do not stampede the next credential
-        usage.attempts = attempt + 1
-        usage.use(dep)
-        adapter = adapter_for(dep.credential.type)
-        req = build(adapter, dep)  # a ProxyError here is the client's request: no failover
-        try:
-            opened = await _attempt(adapter, dep, req, stream, heartbeat)
-        except ProxyError as err:
-            errors.append(err)
-            if err.credential_fault:
-                adapter.on_auth_failure(dep.credential)
-            log.info("attempt %d on %s failed: %r", attempt + 1, dep.key, err)
-            if not err.retryable:
-                raise
-            continue
-        return opened
-    raise best_error(errors)
+    walk = _Walk(plan, build, usage, stream, heartbeat)
+    st = state_mod.get()
+    budget = max(1, settings.ROUTER_MAX_ATTEMPTS)
+    deps, targets, rotation = list(plan.deps), list(plan.targets), plan.rotation
+    while deps:
+        admission = await st.admit(deps, rotation)
+        rotation = None
+        walk.skips.extend(admission.skipped)
+        if admission.index is None:
+            break
+        i = admission.index
+        dep, target = admission.order[i], targets[i]
+        deps, targets = admission.order[i + 1:], targets[i + 1:]
+        opened = await _try(walk, st, dep)
+        if opened is not None:
+            return opened
+        walk.spent[target] += 1
+        if walk.spent[target] >= budget:
+            kept = [(d, t) for d, t in zip(deps, targets, strict=True) if t != target]
+            deps, targets = [d for d, _ in kept], [t for _, t in kept]
+    probe = _probe_candidate(walk, st)
+    if probe is not None:
+        admission = await st.admit([probe], ignore_cooldown=True)
+        if admission.index is not None:
+            opened = await _try(walk, st, probe, probing=True)
+            if opened is not None:
+                return opened
+        walk.skips.extend(admission.skipped)
+    raise best_error(walk.errors, walk.skips, plan.name)
+
+
+async def _try(walk: _Walk, st, dep: Deployment, *, probing: bool = False) -> Opened | None:
+    """One attempt; None when it failed in a way another deployment may fix."""
+    usage = walk.usage
+    if usage.attempts:
+        await asyncio.sleep(random.uniform(0.0, 0.05))  # jitter: do not stampede the next credential
+    usage.attempts += 1
+    usage.use(dep)
+    adapter = adapter_for(dep.credential.type)
+    req = walk.build(adapter, dep)  # a ProxyError here is the client's request: no failover
+    if dep.credential.type == "proxy":
+        req.headers[HOP_HEADER] = str(walk.plan.hops + 1)
+    try:
+        opened = await _attempt(adapter, dep, req, walk.stream, walk.heartbeat)
+    except ProxyError as err:
+        walk.errors.append(err)
+        if err.credential_fault:
+            adapter.on_auth_failure(dep.credential)
+        log.info("attempt %d on %s failed: %r", usage.attempts, dep.key, err)
+        cooldown = await st.failure(dep, upstream_status(err), walk.plan.rules, retry_after=err.retry_after,
+                                    reason=err.message)
+        if cooldown is not None:
+            log.warning("%s cools down %s after %d failure(s) (status %d)", dep.key,
+                        "permanently" if cooldown.permanent else f"for {cooldown.remaining(cooldown.since):g}s",
+                        cooldown.failures, cooldown.status)
+        if not err.retryable:
+            raise
+        return None
+    await st.success(dep, lift=probing)
+    return opened
+
+
+def _probe_candidate(walk: _Walk, st) -> Deployment | None:
+    if walk.usage.attempts:
+        return None
+    cooling = [s for s in walk.skips if s.reason == "cooldown" and not s.rate and s.wait is not None]
+    if not cooling:
+        return None
+    dep = min(cooling, key=lambda s: s.wait).dep
+    return dep if st.probe_allowed(dep) else None
+
+
+def upstream_status(err: ProxyError) -> int:
+    """The provider's HTTP status behind ``err`` (what fail2ban rules are written in)."""
+    status = getattr(err, "upstream_status", None)
+    if status:
+        return status
+    return _STATUS_BY_CODE.get(err.code or "", err.status)
+
+
+def _tagged(err: ProxyError, status: int) -> ProxyError:
+    err.upstream_status = status  # type: ignore[attr-defined]
+    return err
 
 
 async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stream: bool,
@@ -95,8 +187,19 @@ async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stre
             body = b""
         finally:
             await response.aclose()
-        raise adapter.error(response.status_code, body, response.headers)
+        raise _tagged(adapter.error(response.status_code, body, response.headers), response.status_code)
     opened = Opened(dep, adapter, req, response)
+    if not stream:
+        # nothing reaches the client before the whole body: a failure reading it may still fail over
+        try:
+            async with asyncio.timeout(settings.ROUTER_IDLE_TIMEOUT):
+                await response.aread()
+        except TimeoutError:
+            raise _silent(settings.ROUTER_IDLE_TIMEOUT) from None
+        except httpx.HTTPError as exc:
+            raise _broken(exc) from None
+        finally:
+            await response.aclose()
     if stream:
         translator = adapter.chat_stream(req.ctx) if req.ctx is not _NATIVE else None
         opened.chunks = _chunks(response, translator, heartbeat)
@@ -210,19 +313,42 @@ def _broken(exc: Exception) -> ProxyError:
     return ProxyError(502, f"upstream stream broke ({type(exc).__name__})", code="server_error", retryable=True)
 
 
-def best_error(errors: list[ProxyError]) -> ProxyError:
-    """The most meaningful error once every attempt failed."""
-    if not errors:
+def best_error(errors: list[ProxyError], skips: Sequence[Skip] = (), name: str = "") -> ProxyError:
+    """The most meaningful error once every attempt failed or every candidate was skipped."""
+    if not errors and not skips:
         return ProxyError(503, "no credential available for this model", code="service_unavailable")
     final = [e for e in errors if not e.retryable]
     if final:
         return final[-1]
-    if all(e.status == 429 for e in errors):
-        waits = [e.retry_after for e in errors if e.retry_after is not None]
-        last = errors[-1]
-        return ProxyError(429, f"Rate limited on all {len(errors)} attempt(s): {last.message}", code=last.code,
-                          type=last.type, retry_after=min(waits) if waits else 1.0)
+    if all(e.status == 429 for e in errors) and all(s.rate for s in skips):
+        return _rate_limited(errors, skips, name)
+    if not errors:
+        return _unavailable(skips, name)
     last = errors[-1]
     status = 503 if len(errors) > 1 else (last.status if last.status >= 500 else 502)
     return ProxyError(status, f"All {len(errors)} attempt(s) failed; last: {last.message}",
                       code=last.code or "server_error", type=last.type, retry_after=last.retry_after)
+
+
+def _rate_limited(errors: list[ProxyError], skips: Sequence[Skip], name: str) -> ProxyError:
+    waits = [e.retry_after for e in errors if e.retry_after is not None]
+    waits += [s.wait for s in skips if s.wait is not None]
+    retry_after = max(1.0, min(waits)) if waits else 1.0
+    if errors:
+        last = errors[-1]
+        message = f"Rate limited on all {len(errors)} attempt(s): {last.message}"
+        if skips:
+            message += f" ({len(skips)} more deployment(s) at their limit or cooling down)"
+        return ProxyError(429, message, code=last.code, type=last.type, retry_after=retry_after)
+    kinds = sorted({s.reason.upper() if s.reason != "cooldown" else "provider rate limit" for s in skips})
+    return ProxyError(429, f"Rate limit reached for `{name}`: all {len(skips)} deployment(s) are at their "
+                      f"limit ({', '.join(kinds)}); retry after {retry_after:.0f}s.",
+                      code="rate_limit_exceeded", retry_after=retry_after)
+
+
+def _unavailable(skips: Sequence[Skip], name: str) -> ProxyError:
+    waits = [s.wait for s in skips if s.wait is not None]
+    cooling = sum(1 for s in skips if s.reason == "cooldown" and not s.rate)
+    return ProxyError(503, f"No deployment of `{name}` is available: {cooling} of {len(skips)} cooling down after "
+                      "upstream errors, the others at their limits; an admin can clear cooldowns.",
+                      code="service_unavailable", retry_after=max(1.0, min(waits)) if waits else None)

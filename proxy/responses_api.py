@@ -20,13 +20,12 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from . import routing
 from .asgi import Request, Response, StreamingResponse, json_response
 from .errors import ProxyError
 from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
 from .translators.responses import ResponsesStream, encode_event, responses_to_chat
 from .usage import UsageLog
-from .views import authorize, guarded, parse_body, require_model, start_log
+from .views import authorize, guarded, parse_body, require_model, route, start_log
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -40,7 +39,7 @@ async def responses(req: Request) -> Response | StreamingResponse:
 async def _responses(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
     config = await authorize(req)
     require_model(body)
-    plan = routing.plan(config, body["model"])
+    plan = route(config, req, body)
     translated: tuple[dict, object] | None = None
 
     def build(adapter, dep):

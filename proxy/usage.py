@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,6 +131,10 @@ def _flush_at_exit() -> None:
             log.exception("usage rows lost at shutdown")
 
 
+#: called with every finished ``UsageLog`` (routing counts its tokens against TPM limits)
+finish_hooks: list[Callable[[UsageLog], None]] = []
+
+
 class UsageLog:
     """What one client request did; ``finish()`` queues its row exactly once."""
 
@@ -140,6 +145,7 @@ class UsageLog:
         "client_closed",
         "completion",
         "credential",
+        "dep",
         "endpoint",
         "error_message",
         "error_type",
@@ -169,8 +175,10 @@ class UsageLog:
         self.estimated = self.client_closed = self._done = False
         self.ttfb: float | None = None
         self.attempts = 0
+        self.dep = None
 
     def use(self, dep) -> None:
+        self.dep = dep
         self.resolved_model = dep.upstream_model
         self.credential = dep.credential.name
         self.provider = dep.credential.type
@@ -208,3 +216,8 @@ class UsageLog:
             "latency_ms": (time.perf_counter() - self.started) * 1000, "attempts": max(1, self.attempts),
             "client_closed": self.client_closed, "error_type": self.error_type, "error_message": self.error_message,
         })
+        for hook in finish_hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("usage finish hook failed")

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 
 from . import config as config_mod
 from . import db, discovery, routing, usage
+from . import state as state_mod
 from .asgi import Request, Response, StreamingResponse, json_response
 from .config import RouterConfig
 from .errors import ProxyError, bad_request
 from .pipeline import HEARTBEAT, open_upstream
+from .providers.openai import HOP_HEADER
 from .sse import encode
 from .usage import UsageLog
 
@@ -37,6 +39,34 @@ async def authorize(req: Request) -> RouterConfig:
     if not config.check_key(key):
         raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
     return config
+
+
+def hops(req: Request) -> int:
+    """How many routers this request already went through; a loop (A -> B -> A ...) is refused with 508."""
+    raw = req.headers.get(HOP_HEADER, "").strip()
+    count = int(raw) if raw.isdigit() else 0
+    limit = int(state_mod.setting("ROUTER_MAX_HOPS", 5))
+    if count >= limit:
+        raise ProxyError(508, f"Loop detected: this request already went through {count} routers "
+                         f"(`{HOP_HEADER}`, limit {limit}). Check the `proxy` credentials of the routers involved.",
+                         code="loop_detected")
+    return count
+
+
+_SESSION_HEADERS = ("session-id", "x-session-id", "session_id")
+
+
+def sticky_key(req: Request, body: dict) -> str | None:
+    """What keeps a conversation on one credential (its provider prompt cache): the Responses
+    ``prompt_cache_key`` (Codex: the thread id), a session header, or the ``user`` field."""
+    for value in (body.get("prompt_cache_key"), *(req.headers.get(h) for h in _SESSION_HEADERS), body.get("user")):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def route(config: RouterConfig, req: Request, body: dict) -> routing.Plan:
+    return routing.plan(config, body["model"], sticky=sticky_key(req, body), hops=hops(req))
 
 
 def parse_body(req: Request) -> dict:
@@ -122,7 +152,7 @@ async def _chat(req: Request, body: dict, log: UsageLog) -> Response | Streaming
     config = await authorize(req)
     validate_chat(body)
     stream = body.get("stream") is True
-    plan = routing.plan(config, body["model"])
+    plan = route(config, req, body)
     opened = await open_upstream(
         plan, lambda adapter, dep: adapter.chat_request(dep, body, stream=stream), log, stream=stream)
     log.first_byte()
@@ -205,7 +235,7 @@ async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
     value = body.get("input")
     if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
         raise bad_request("`input` is required: a string or a non-empty array.", param="input")
-    plan = routing.plan(config, body["model"])
+    plan = route(config, req, body)
     opened = await open_upstream(plan, lambda adapter, dep: adapter.embeddings_request(dep, body), log, stream=False)
     log.first_byte()
     raw = await opened.response.aread()
@@ -272,10 +302,17 @@ async def health(req: Request) -> Response:
     payload["credentials_enabled"] = len(config.credentials) if config else None
     payload["models"] = len(config.pools) if config else None
     payload["usage_log"] = usage.writer.stats()
+    routing_state = state_mod.get()
+    routing_health = routing_state.health()
+    payload["routing_state"] = {k: v for k, v in routing_health.items() if k != "redis_error"}  # names hosts
+    if routing_health.get("redis") == "unreachable":
+        payload["status"] = "degraded"  # still serving: limits and cooldowns are per process meanwhile
     if config is not None:
         try:
             await authorize(req)
             payload["credentials"] = sorted(config.credentials)
+            payload["routing_state"] = routing_health
+            payload["cooldowns"] = [cd.to_dict() for cd in await routing_state.acooldowns()]
         except ProxyError:
             pass
     return json_response(payload, 200 if db_ok else 503)
