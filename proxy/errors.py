@@ -53,6 +53,7 @@ class ProxyError(Exception):
         retryable: bool = False,
         credential_fault: bool = False,
         retry_after: float | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -63,6 +64,7 @@ class ProxyError(Exception):
         self.retryable = retryable
         self.credential_fault = credential_fault
         self.retry_after = retry_after
+        self.upstream_status = upstream_status  # the provider's own status (fail2ban rules are written in it)
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -150,14 +150,13 @@ def _probe_candidate(walk: _Walk, st) -> Deployment | None:
 
 def upstream_status(err: ProxyError) -> int:
     """The provider's HTTP status behind ``err`` (what fail2ban rules are written in)."""
-    status = getattr(err, "upstream_status", None)
-    if status:
-        return status
+    if err.upstream_status:
+        return err.upstream_status
     return _STATUS_BY_CODE.get(err.code or "", err.status)
 
 
 def _tagged(err: ProxyError, status: int) -> ProxyError:
-    err.upstream_status = status  # type: ignore[attr-defined]
+    err.upstream_status = status
     return err
 
 

@@ -35,7 +35,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
 import re
 import threading
@@ -57,19 +56,7 @@ DEFAULT_CODES = (401, 402, 403, 408, 429, 500, 502, 503, 504, 529)
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BAN_SECONDS = 60.0
 MAX_RETRY_AFTER_BAN = 24 * 3600.0
-PROBE_INTERVAL = 1.0
 FAILS_TTL = 3600
-
-
-def setting(name: str, default: Any) -> Any:
-    """A router setting: Django settings first, then the environment (settings.py may not declare it yet)."""
-    value = getattr(settings, name, None)
-    if value is not None:
-        return value
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    return type(default)(raw)
 
 
 def dep_key(dep: Deployment) -> str:
@@ -291,7 +278,7 @@ def has_tpm(dep: Deployment) -> bool:
 
 
 def window_seconds() -> float:
-    return float(setting("ROUTER_LIMIT_WINDOW_SECONDS", 60.0))
+    return settings.ROUTER_LIMIT_WINDOW_SECONDS
 
 
 class Window:
@@ -362,7 +349,7 @@ class LocalState:
         """At most one probe per second of a deployment that is cooling down after errors (half-open breaker)."""
         now = time.monotonic()
         key = dep_key(dep)
-        interval = float(setting("ROUTER_PROBE_INTERVAL", PROBE_INTERVAL))
+        interval = settings.ROUTER_PROBE_INTERVAL
         if now - self.probes.get(key, -interval) < interval:
             return False
         self.probes[key] = now
@@ -676,7 +663,7 @@ class RedisState:
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self.url = url
         self.clock = clock
-        self.prefix = str(setting("ROUTER_REDIS_PREFIX", "{air}:"))
+        self.prefix = settings.ROUTER_REDIS_PREFIX
         self.local = LocalState(clock)
         self.failing: set[str] = set()  # pairs with failure counts in Redis (mirror): a success must reset them
         self.up = True
@@ -708,7 +695,7 @@ class RedisState:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            timeout = float(setting("ROUTER_REDIS_TIMEOUT", 0.5))
+            timeout = settings.ROUTER_REDIS_TIMEOUT
             client = aioredis.Redis.from_url(self.url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                              retry=Retry(NoBackoff(), 0), health_check_interval=0)
             self._clients[loop] = client
@@ -725,13 +712,13 @@ class RedisState:
         if self.up:
             return True
         if time.monotonic() >= self.retry_at:
-            self.retry_at = time.monotonic() + float(setting("ROUTER_REDIS_RETRY_SECONDS", 5.0))
+            self.retry_at = time.monotonic() + settings.ROUTER_REDIS_RETRY_SECONDS
             return True
         return False
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        self.retry_at = time.monotonic() + float(setting("ROUTER_REDIS_RETRY_SECONDS", 5.0))
+        self.retry_at = time.monotonic() + settings.ROUTER_REDIS_RETRY_SECONDS
         if self.up:
             self.up = False
             self.down_since = self.clock()
@@ -769,7 +756,7 @@ class RedisState:
 
     def maybe_sync(self) -> None:
         """Refresh the cooldown mirror in the background when it is older than the sync interval."""
-        if self._syncing or time.monotonic() - self.synced_at < float(setting("ROUTER_STATE_SYNC_SECONDS", 1.0)):
+        if self._syncing or time.monotonic() - self.synced_at < settings.ROUTER_STATE_SYNC_SECONDS:
             return
         if not self.usable():
             return

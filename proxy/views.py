@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from django.conf import settings
+
 from . import config as config_mod
 from . import db, discovery, routing, usage
 from . import state as state_mod
@@ -45,7 +47,7 @@ def hops(req: Request) -> int:
     """How many routers this request already went through; a loop (A -> B -> A ...) is refused with 508."""
     raw = req.headers.get(HOP_HEADER, "").strip()
     count = int(raw) if raw.isdigit() else 0
-    limit = int(state_mod.setting("ROUTER_MAX_HOPS", 5))
+    limit = settings.ROUTER_MAX_HOPS
     if count >= limit:
         raise ProxyError(508, f"Loop detected: this request already went through {count} routers "
                          f"(`{HOP_HEADER}`, limit {limit}). Check the `proxy` credentials of the routers involved.",

@@ -148,7 +148,14 @@ ROUTER_USAGE_LOGGING = env_bool("ROUTER_USAGE_LOGGING", True)
 ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
 ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
 ROUTER_HTTP_TRANSPORT = os.environ.get("ROUTER_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
-ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)
+ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)  # per alias target
+ROUTER_MAX_HOPS = env_int("ROUTER_MAX_HOPS", 5)  # router chains: more hops than this is a loop (508)
+ROUTER_PROBE_INTERVAL = env_float("ROUTER_PROBE_INTERVAL", 1.0)  # when all are cooling down: one probe per interval
+ROUTER_LIMIT_WINDOW_SECONDS = env_float("ROUTER_LIMIT_WINDOW_SECONDS", 60.0)  # RPM/TPM sliding window
+ROUTER_REDIS_PREFIX = os.environ.get("ROUTER_REDIS_PREFIX", "{air}:")
+ROUTER_REDIS_TIMEOUT = env_float("ROUTER_REDIS_TIMEOUT", 0.5)
+ROUTER_REDIS_RETRY_SECONDS = env_float("ROUTER_REDIS_RETRY_SECONDS", 5.0)  # reconnect attempts while Redis is down
+ROUTER_STATE_SYNC_SECONDS = env_float("ROUTER_STATE_SYNC_SECONDS", 1.0)  # shared cooldown mirror refresh
 # Image URLs that Gemini cannot fetch itself are downloaded by the router (bounded; no private hosts).
 ROUTER_MEDIA_MAX_BYTES = env_int("ROUTER_MEDIA_MAX_BYTES", 20 * 1024 * 1024)
 ROUTER_MEDIA_TIMEOUT = env_float("ROUTER_MEDIA_TIMEOUT", 20.0)

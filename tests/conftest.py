@@ -35,7 +35,7 @@ def app():
 def router_db(transactional_db):
     """A committed router config (visible to the ASGI app's worker threads) with a master key."""
     from credentials.models import RouterSettings
-    from proxy import config, usage
+    from proxy import config, state, usage
 
     settings_row = RouterSettings.load()
     settings_row.set_master_key(MASTER_KEY)
@@ -44,6 +44,7 @@ def router_db(transactional_db):
     yield
     usage.writer.flush()
     config.invalidate()
+    state.reset()
 
 
 def add_credential(name: str, type_: str, *, models: dict[str, str] | list[str] = (), **fields):
