@@ -6,6 +6,7 @@ import httpx
 import pytest
 from django.db import OperationalError
 
+from proxy import usage
 from proxy.models import UsageRecord
 from proxy.usage import UsageWriter
 from tests.live import LiveRouter
@@ -28,16 +29,16 @@ def test_rows_are_written_in_batches_by_the_thread():
 
 def test_database_outage_keeps_rows_and_retries(monkeypatch):
     writer = UsageWriter()
-    real = UsageRecord.objects.bulk_create
+    real = usage.write_rows
     calls = {"n": 0}
 
-    def flaky(objs, *args, **kwargs):
+    def flaky(rows):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise OperationalError("database is down")
-        return real(objs, *args, **kwargs)
+        return real(rows)
 
-    monkeypatch.setattr(UsageRecord.objects, "bulk_create", flaky)
+    monkeypatch.setattr(usage, "write_rows", flaky)
     for i in range(5):
         writer.record(row(i))
     assert not writer._write_all()  # first attempt fails: rows kept
