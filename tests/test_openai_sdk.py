@@ -18,10 +18,18 @@ import pytest
 from openai import OpenAI
 
 from tests.fakes import gemini as g
-from tests.fakes.anthropic import AnthropicFake, Fail, Turn, redacted_thinking, text, thinking, tool_use
+from tests.fakes.anthropic import (
+    AnthropicFake,
+    Fail,
+    Turn,
+    claude_on_vertex,
+    redacted_thinking,
+    text,
+    thinking,
+    tool_use,
+)
 from tests.fakes.server import FakeServer
 from tests.live import LiveRouter
-from tests.test_provider_vertex import claude_on_vertex
 
 MASTER = "sk-live-sdk-master-key"
 PROJECT = "sdk-project"

@@ -11,10 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from tests.asgi_client import call
-from tests.conftest import AUTH, add_credential
-from tests.fakes import gemini as g
-from tests.fakes.server import FakeServer, Recorded, Reply
-from tests.test_provider_anthropic import (
+from tests.chat_helpers import (
     assemble,
     assistant_turn,
     chat,
@@ -26,6 +23,9 @@ from tests.test_provider_anthropic import (
     tool_results,
     user,
 )
+from tests.conftest import AUTH, add_credential
+from tests.fakes import gemini as g
+from tests.fakes.server import FakeServer, Recorded, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

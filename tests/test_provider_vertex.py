@@ -17,11 +17,7 @@ from proxy.providers import google_token
 from proxy.providers.google_token import _Token
 from proxy.providers.vertex import VertexAdapter, embed_batch_size, is_claude
 from tests.asgi_client import call
-from tests.conftest import AUTH, add_credential
-from tests.fakes import gemini as g
-from tests.fakes.anthropic import AnthropicFake, Fail, Turn, text, thinking, tool_use
-from tests.fakes.server import FakeServer, Recorded, Reply
-from tests.test_provider_anthropic import (
+from tests.chat_helpers import (
     assemble,
     assistant_turn,
     chat,
@@ -31,6 +27,10 @@ from tests.test_provider_anthropic import (
     tool_results,
     user,
 )
+from tests.conftest import AUTH, add_credential
+from tests.fakes import gemini as g
+from tests.fakes.anthropic import AnthropicFake, Fail, Turn, claude_on_vertex, text, thinking, tool_use
+from tests.fakes.server import FakeServer, Recorded, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,20 +42,6 @@ CLOCK = {"type": "function", "function": {
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 _names = itertools.count()
-
-
-def claude_on_vertex(fake: AnthropicFake, oauth: g.FakeOAuth, front: list[Reply] | None = None):
-    """A handler for the vertex-mode Anthropic fake that accepts the tokens ``oauth`` issued."""
-    queued = list(front or [])
-
-    async def handle(req: Recorded) -> Reply:
-        if queued:
-            return queued.pop(0)
-        token = req.headers.get("authorization", "").removeprefix("Bearer ")
-        fake.token = token if oauth.valid(token) else "not-a-valid-token"
-        return await fake.handler(req)
-
-    return handle
 
 
 class Google:

@@ -674,3 +674,17 @@ class AnthropicFake:
         return ([{"type": "content_block_start", "index": index, "content_block": start}]
                 + [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
                 + [{"type": "content_block_stop", "index": index}])
+
+
+def claude_on_vertex(fake: AnthropicFake, oauth, front: list[Reply] | None = None):
+    """A handler for the vertex-mode fake that accepts the tokens ``oauth`` (a ``FakeOAuth``) issued."""
+    queued = list(front or [])
+
+    async def handle(req: Recorded) -> Reply:
+        if queued:
+            return queued.pop(0)
+        token = req.headers.get("authorization", "").removeprefix("Bearer ")
+        fake.token = token if oauth.valid(token) else "not-a-valid-token"
+        return await fake.handler(req)
+
+    return handle
