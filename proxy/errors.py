@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
+from .logging import redact
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -112,6 +114,7 @@ def classify_upstream_error(
     ``RESOURCE_EXHAUSTED``...).
     """
     headers = headers or {}
+    message = redact(message)  # providers echo (partial) keys in auth errors
     code = upstream_code
     text = f"{upstream_code or ''} {message}"
     retry_after = parse_retry_after(headers)
