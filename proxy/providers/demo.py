@@ -56,9 +56,9 @@ async def _stream(text: str, model: str, usage: dict) -> AsyncIterator[bytes]:
         return f"data: {json.dumps(obj)}\n\n".encode()
 
     yield frame(chat_chunk(cid, model, created, {"role": "assistant", "content": ""}))
-    for word in text.split(" "):
+    for i, word in enumerate(text.split(" ")):
         await asyncio.sleep(CHUNK_DELAY)
-        yield frame(chat_chunk(cid, model, created, {"content": word + " "}))
+        yield frame(chat_chunk(cid, model, created, {"content": f" {word}" if i else word}))
     yield frame(chat_chunk(cid, model, created, {}, "stop"))
     yield frame(usage_chunk(cid, model, created, usage))
     yield b"data: [DONE]\n\n"
