@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from . import db
+from .errors import ProxyError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,12 @@ async def current() -> RouterConfig:
     config = snap.config
     if config is None:
         # First request of the process (or after invalidate()): everyone waits for one load.
-        await db.run(_load_once)
+        try:
+            await db.run(_load_once)
+        except DatabaseError as exc:
+            log.error("cannot load the configuration: %s", type(exc).__name__)
+            raise ProxyError(503, "The router cannot read its configuration database; try again shortly.",
+                             code="service_unavailable", retry_after=5) from None
         return snap.config  # type: ignore[return-value]
     if time.monotonic() - snap.checked > settings.ROUTER_CONFIG_POLL_SECONDS and not snap.polling:
         # At most one request per poll interval pays for a one-row version check (in a worker

@@ -277,3 +277,20 @@ async def test_change_made_by_another_process_is_noticed_within_the_poll_interva
     await sync_to_async(other_process_edit)()
     await asyncio.sleep(0.3)
     assert (await call(app, "POST", "/v1/chat/completions", {**CHAT, "model": "other"}, AUTH)).status == 200
+
+
+async def test_config_database_down_at_first_request_is_503_not_500(app, upstream, monkeypatch):
+    from django.db import OperationalError
+
+    from proxy import config
+
+    await upstream()
+
+    def down():
+        raise OperationalError("connection refused")
+
+    config.invalidate()
+    monkeypatch.setattr(config, "load", down)
+    res = await call(app, "POST", "/v1/chat/completions", CHAT, AUTH)
+    assert res.status == 503 and res.json()["error"]["code"] == "service_unavailable"
+    assert res.headers["retry-after"] == "5"
