@@ -65,21 +65,30 @@ def safe_tool_id(call_id: str) -> str:
 # ---- tool names ------------------------------------------------------------
 
 class ToolNameMap:
-    """Per-request bidirectional map between client tool names and provider-safe ones."""
+    """Per-request bidirectional map between client tool names and provider-safe ones.
 
-    def __init__(self, pattern: re.Pattern[str] = _SAFE_NAME, max_len: int = 64) -> None:
-        self._pattern = pattern
-        self._max = max_len
+    Subclasses set a provider's rules: ``pattern`` (a valid name), ``invalid`` (characters
+    to replace), ``max_len``, and may adjust ``_base``.
+    """
+
+    pattern: re.Pattern[str] = _SAFE_NAME
+    invalid: re.Pattern[str] = re.compile(r"[^a-zA-Z0-9_-]")
+    max_len = 64
+
+    def __init__(self) -> None:
         self._up: dict[str, str] = {}
         self._down: dict[str, str] = {}
+
+    def _base(self, name: str) -> str:
+        return self.invalid.sub("_", name) or "tool"
 
     def to_upstream(self, name: str) -> str:
         if name in self._up:
             return self._up[name]
-        safe = name if self._pattern.match(name) else None
-        if safe is None or safe in self._down:
-            base = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[: self._max - 9] or "tool"
-            safe = base if base not in self._down and self._pattern.match(base) else f"{base}_{_short_hash(name)}"
+        safe = name if self.pattern.match(name) and name not in self._down else None
+        if safe is None:
+            base = self._base(name)[: self.max_len - 9]
+            safe = base if base not in self._down and self.pattern.match(base) else f"{base}_{_short_hash(name)}"
         self._up[name], self._down[safe] = safe, name
         return safe
 

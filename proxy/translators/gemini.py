@@ -22,7 +22,6 @@ Pure functions only (see ``common``). Choices worth knowing:
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
 import mimetypes
@@ -61,24 +60,13 @@ _MODEL_VERSION = re.compile(r"gemini-(\d+(?:\.\d+)?)")
 class GeminiNameMap(ToolNameMap):
     """ToolNameMap with Gemini's rule: start with a letter or ``_``, then ``[a-zA-Z0-9_.:-]``, max 128."""
 
-    def __init__(self) -> None:
-        super().__init__(_GEMINI_NAME, 128)
+    pattern = _GEMINI_NAME
+    invalid = re.compile(r"[^a-zA-Z0-9_.:-]")
+    max_len = 128
 
-    def to_upstream(self, name: str) -> str:
-        if name in self._up:
-            return self._up[name]
-        safe = name if _GEMINI_NAME.match(name) and name not in self._down else self._fallback(name)
-        self._up[name], self._down[safe] = safe, name
-        return safe
-
-    def _fallback(self, name: str) -> str:
-        base = re.sub(r"[^a-zA-Z0-9_.:-]", "_", name)
-        if not re.match(r"[a-zA-Z_]", base):
-            base = f"_{base}"
-        base = base[:119]
-        if base not in self._down and _GEMINI_NAME.match(base):
-            return base
-        return f"{base}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    def _base(self, name: str) -> str:
+        base = super()._base(name)
+        return base if re.match(r"[a-zA-Z_]", base) else f"_{base}"
 
 
 @dataclass
