@@ -232,7 +232,7 @@ async def test_thinking_signature_round_trip_streamed(app, anthropic):
     assert msg["reasoning_content"] == "The user wants the weather; call the tool."
     reasoning = msg["reasoning_content"]
     block = {"type": "thinking", "thinking": reasoning, "signature": sign_thinking(reasoning)}
-    assert msg["thinking_blocks"] == [{"index": 0, **block}]  # index: see ClaudeStream
+    assert msg["thinking_blocks"] == [{"index": 0, **block}]  # index: OpenAI clients merge list deltas by index
     assert msg["usage"]["completion_tokens_details"]["reasoning_tokens"] == 60
     assert fake.received[0]["thinking"] == {"type": "enabled", "budget_tokens": 4096}
 

@@ -33,7 +33,6 @@ from ..translators.gemini import (
     vertex_embeddings_to_openai,
     vertex_url,
 )
-from .anthropic import ClaudeStream
 from .base import Adapter, StreamTranslator, UpstreamRequest
 from .gemini import EMBED_BATCH, EmbeddingBatches, batched, send_google
 from .google_token import TokenCache
@@ -115,7 +114,7 @@ class VertexAdapter(Adapter):
         return anthropic_to_chat(data, ctx) if isinstance(ctx, AnthropicContext) else gemini_to_chat(data, ctx)
 
     def chat_stream(self, ctx: Any) -> StreamTranslator:
-        return ClaudeStream(AnthropicStream(ctx)) if isinstance(ctx, AnthropicContext) else GeminiStream(ctx)
+        return AnthropicStream(ctx) if isinstance(ctx, AnthropicContext) else GeminiStream(ctx)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
         # Claude's model errors are Anthropic-shaped; Vertex's front end (quota, auth) and Gemini answer

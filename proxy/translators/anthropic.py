@@ -48,6 +48,8 @@ THINKING_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 10000, "high": 24000
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
+# Stream events that come before any content (an error may still follow them).
+_PRELUDE = frozenset({"message_start", "ping", "error"})
 JSON_ONLY_INSTRUCTION = "Respond with a single valid JSON object and nothing else: no prose, no code fences."
 MISSING_RESULT = "No result was provided for this tool call; it was not executed."
 PLACEHOLDER_USER_TEXT = "."
@@ -691,6 +693,7 @@ class AnthropicStream:
         self.created = now()
         self._blocks: dict[int, _Block] = {}
         self._tools = 0
+        self._thinking = 0
         self._usage: dict = {}
         self._stop_reason: str | None = None
         self._started = False
@@ -705,7 +708,14 @@ class AnthropicStream:
             raise ProxyError(502, "anthropic stream sent invalid JSON", code="server_error", retryable=True)
         kind = data.get("type") or ev.event
         handler = getattr(self, f"_on_{kind}", None)
-        return handler(data) if handler else []  # unknown events are ignored by Anthropic's versioning policy
+        out = handler(data) if handler else []  # unknown events are ignored by Anthropic's versioning policy
+        if not self._started and kind not in _PRELUDE:
+            # The role chunk waits for the first content: Anthropic often sends message_start and
+            # then an error (overloaded_error), and the router commits to an upstream at its first
+            # chunk, so holding it lets that error still fail over or become a plain HTTP error.
+            self._started = True
+            out = [self._chunk({"role": "assistant", "content": ""}), *out]
+        return out
 
     def finish(self) -> list[dict]:
         if not self._done:
@@ -723,10 +733,7 @@ class AnthropicStream:
         message = data.get("message") or {}
         self.id = message.get("id") or self.id
         self._usage = dict(message.get("usage") or {})
-        if self._started:
-            return []
-        self._started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
+        return []
 
     def _on_content_block_start(self, data: dict) -> list[dict]:
         block = data.get("content_block") or {}
@@ -772,7 +779,10 @@ class AnthropicStream:
         if state is None:
             return []
         if state.kind in THINKING_TYPES:
-            return [self._chunk({"thinking_blocks": [state.data]})]
+            # OpenAI clients merge list deltas by ``index`` (the SDK's stream helper raises without it).
+            block = {"index": self._thinking, **state.data}
+            self._thinking += 1
+            return [self._chunk({"thinking_blocks": [block]})]
         if state.kind == "tool_use" and not state.relayed:
             # A call with no input fragments still needs valid JSON arguments.
             state.relayed = True

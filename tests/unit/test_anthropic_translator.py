@@ -812,7 +812,7 @@ def test_stream_with_thinking_signature_text_and_parallel_tools():
         {"role": "assistant", "content": ""},
         {"reasoning_content": "Plan the "},
         {"reasoning_content": "call."},
-        {"thinking_blocks": [TB]},
+        {"thinking_blocks": [{"index": 0, **TB}]},
         {"content": "Checking "},
         {"content": "both."},
         {"tool_calls": [{"index": 0, "id": "toolu_A", "type": "function",
@@ -843,7 +843,8 @@ def test_stream_and_non_stream_agree():
     whole = completion["choices"][0]
     streamed = accumulate(run_stream(events(*fake.events(turn, message)), ctx(names)))
     assert streamed["finish_reason"] == whole["finish_reason"] == "tool_calls"
-    assert streamed["message"]["thinking_blocks"] == whole["message"]["thinking_blocks"]
+    unindexed = [{k: v for k, v in b.items() if k != "index"} for b in streamed["message"]["thinking_blocks"]]
+    assert unindexed == whole["message"]["thinking_blocks"]
     assert streamed["message"]["reasoning_content"] == whole["message"]["reasoning_content"]
     assert streamed["message"]["content"] == whole["message"]["content"]
     for got, want in zip(streamed["message"]["tool_calls"], whole["message"]["tool_calls"], strict=True):
@@ -897,7 +898,7 @@ def test_stream_redacted_thinking_block():
     chunks = run_stream(_text_stream(
         {"type": "content_block_start", "index": 1, "content_block": block},
         {"type": "content_block_stop", "index": 1}))
-    assert {"thinking_blocks": [block]} in deltas(chunks)
+    assert {"thinking_blocks": [{"index": 0, **block}]} in deltas(chunks)
 
 
 def test_stream_usage_is_cumulative_and_emitted_once():
@@ -936,8 +937,7 @@ def test_events_after_message_stop_are_ignored_and_finish_is_quiet():
 ])
 def test_stream_error_event_raises(error, status, code, retryable):
     stream = AnthropicStream(ctx())
-    first = stream.feed(_text_stream()[0])
-    assert first[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert stream.feed(_text_stream()[0]) == []  # message_start: nothing goes out before content
     with pytest.raises(ProxyError) as exc:
         stream.feed(SSEEvent("error", json.dumps({"type": "error", "error": error})))
     assert (exc.value.status, exc.value.code, exc.value.retryable) == (status, code, retryable)
