@@ -76,9 +76,6 @@ class RouterConfig:
             return False
         return hmac.compare_digest(hash_key(key), expected)
 
-    def public_names(self) -> list[str]:
-        return sorted(set(self.pools) | set(self.aliases))
-
 
 def load() -> RouterConfig:
     """Build a snapshot from the database (sync: run it in a thread)."""

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import math
 import re
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -200,7 +199,6 @@ class RedisState:
         self._scripts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task] = set()
         self._syncing = False
-        self._lock = threading.Lock()
 
     # -- keys
 
