@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from asgiref.sync import sync_to_async
 
@@ -11,8 +10,7 @@ from proxy import usage
 from proxy.models import UsageRecord
 from tests.asgi_client import AsgiResult, call
 from tests.conftest import AUTH
-
-CODEX_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "codex" / "fixtures"
+from tests.fixtures import CODEX_FIXTURES
 
 
 async def chat(app, body: dict, headers: dict | None = None) -> AsgiResult:

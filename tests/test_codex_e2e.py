@@ -26,6 +26,7 @@ from tests.codex.backends import Answer, Backend, Call, chat_sse, responses_sse
 from tests.codex.harness import CodexHome, CodexRun, fenced_blocks, profile_model, require_codex, snippets
 from tests.codex.stack import Stack
 from tests.fakes.server import Reply
+from tests.fixtures import CODEX_FIXTURES as FIXTURES
 
 MASTER_KEY = "sk-router-local-dev"  # server.master_key of the docs' router.yaml
 BACKENDS = ["openai-responses", "openai-chat", "anthropic", "gemini", "vertex-gemini", "vertex-claude"]
@@ -37,7 +38,6 @@ DOCS_SNIPPETS = {
 ECHO = Call("exec_command", {"cmd": "echo hello-from-tool"})
 CLOSE_AGENT = Call("close_agent", {"target": "no-such-agent"}, namespace="multi_agent_v1")
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+written by apply_patch\n*** End Patch\n"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "codex" / "fixtures"
 NO_RETRIES = {"request_max_retries": 0, "stream_max_retries": 0}
 ONE_STREAM_RETRY = {"request_max_retries": 0, "stream_max_retries": 1}
 

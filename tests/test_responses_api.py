@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -14,9 +13,9 @@ from tests.asgi_client import call
 from tests.conftest import AUTH, add_credential
 from tests.fakes.openai import error_reply, stream_frames
 from tests.fakes.server import Reply
+from tests.fixtures import CODEX_FIXTURES as FIXTURES
 
 pytestmark = pytest.mark.django_db(transaction=True)
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "codex" / "fixtures"
 CODEX_TURN1 = json.loads((FIXTURES / "codex_request_turn1.json").read_text())["body"]
 SIMPLE = {"model": "gpt-4o", "input": "Say hi", "stream": True}
 

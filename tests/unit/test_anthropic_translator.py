@@ -4,7 +4,6 @@ through the strict fake's validator."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -36,8 +35,8 @@ from tests.fakes.anthropic import (
     tool_use,
     validate_body,
 )
+from tests.fixtures import CODEX_FIXTURES as FIXTURES
 
-FIXTURES = Path("/work/shared/reference/codex/fixtures")
 MODEL = "claude-sonnet-4-5-20250929"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PDF = "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg=="

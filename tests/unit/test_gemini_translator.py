@@ -6,7 +6,6 @@ import base64
 import json
 import random
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -36,8 +35,8 @@ from proxy.translators.gemini import (
     vertex_url,
 )
 from tests.fakes.gemini import GeminiFake, Turn, call, check_schema, sse_frames, text, thought, usage_metadata
+from tests.fixtures import CODEX_FIXTURES as FIXTURES
 
-FIXTURES = Path("/work/shared/reference/codex/fixtures")
 MODEL = "gemini-3-pro-preview"
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +22,8 @@ from proxy.translators.responses import (
     responses_to_chat,
     responses_usage,
 )
+from tests.fixtures import CODEX_FIXTURES as FIXTURES
 
-FIXTURES = Path(os.environ.get("CODEX_FIXTURES", "/work/shared/reference/codex/fixtures"))
 SAFE_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 RESPONSES_ONLY_KEYS = {"input", "instructions", "store", "include", "prompt_cache_key", "client_metadata", "text",
                        "reasoning", "metadata", "truncation", "service_tier", "previous_response_id",
