@@ -54,6 +54,12 @@ class StreamingResponse:
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
+#: observers of API requests (metrics, tracing): called with (method, path, headers) as a request
+#: starts, in the context its handler will run in; each returns what to call when it has ended
+request_observers: list[Callable[[str, str, dict[str, str]], Callable[[], None]]] = []
+#: called with +1 and -1 as a streaming response starts and ends (the open-streams gauge)
+stream_observers: list[Callable[[int], None]] = []
+
 
 def json_response(data: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(status, json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
@@ -115,6 +121,7 @@ class ApiApp:
         except _Disconnected:
             return
         req = Request(scope["method"], path, headers, body, request_id, param)
+        ends = [observe(req.method, path, headers) for observe in request_observers]
         task = asyncio.ensure_future(self._respond(handler, req, send))
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
@@ -124,6 +131,8 @@ class ApiApp:
                 raise  # the server cancelled this app (and with it the task); a client leaving is no error
         finally:
             watcher.cancel()
+            for end in reversed(ends):
+                end()
 
     async def _respond(self, handler: Handler, req: Request, send) -> None:
         try:
@@ -225,9 +234,13 @@ async def _send(send, response: Response | StreamingResponse, request_id: str) -
     await send({"type": "http.response.start", "status": response.status,
                 "headers": _headers(response.content_type, request_id, extra)})
     stream = response.stream
+    for observe in stream_observers:
+        observe(1)
     try:
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
+        for observe in stream_observers:
+            observe(-1)
         await stream.aclose()  # type: ignore[attr-defined]

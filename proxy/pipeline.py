@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 Build = Callable[[Adapter, Deployment], UpstreamRequest]
 HEARTBEAT = object()
+#: observers of upstream attempts (metrics, tracing): called with (deployment, attempt number, the
+#: upstream request's headers) before it is sent; each returns what to call with (upstream status or
+#: None, the ProxyError or None) when the attempt has its answer
+AttemptEnd = Callable[[int | None, ProxyError | None], None]
+attempt_observers: list[Callable[[Deployment, int, dict[str, str]], AttemptEnd]] = []
 # the status fail2ban counts when the error did not come with an HTTP status of its own
 _STATUS_BY_CODE = {"upstream_authentication_error": 401, "upstream_unreachable": 502, "upstream_timeout": 504,
                    "server_is_overloaded": 529, "rate_limit_exceeded": 429, "insufficient_quota": 429}
@@ -118,9 +123,12 @@ async def _try(walk: _Walk, st, dep: Deployment, *, probing: bool = False) -> Op
     req = walk.build(adapter, dep)  # a ProxyError here is the client's request: no failover
     if dep.credential.type == "proxy":
         req.headers[HOP_HEADER] = str(walk.plan.hops + 1)
+    ends = [observe(dep, usage.attempts, req.headers) for observe in attempt_observers]
     try:
         opened = await _attempt(adapter, dep, req, walk.stream, walk.heartbeat)
     except ProxyError as err:
+        for end in ends:
+            end(upstream_status(err), err)
         walk.errors.append(err)
         if err.credential_fault:
             adapter.on_auth_failure(dep.credential)
@@ -134,6 +142,12 @@ async def _try(walk: _Walk, st, dep: Deployment, *, probing: bool = False) -> Op
         if not err.retryable:
             raise
         return None
+    except BaseException:  # cancelled (the client left): the attempt still ends
+        for end in ends:
+            end(None, None)
+        raise
+    for end in ends:
+        end(opened.response.status_code, None)
     await st.success(dep, lift=probing)
     return opened
 

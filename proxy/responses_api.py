@@ -74,6 +74,8 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
             yield ev
         for chunk in [*opened.first]:
             log.add_usage(chunk.get("usage"))
+            if any(_has_output(choice.get("delta")) for choice in chunk.get("choices") or ()):
+                log.first_token()
             for ev in rs.feed(chunk):
                 yield ev
         async for chunk in chunks:
@@ -83,7 +85,11 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
             if chunk.get("usage"):
                 log.add_usage(chunk["usage"])
             for choice in chunk.get("choices") or ():
-                seen += len(json.dumps(choice.get("delta") or {})) - 2
+                size = len(json.dumps(choice.get("delta") or {})) - 2
+                if size > 0:
+                    seen += size
+                    log.first_token()
+                log.finish_reason(choice.get("finish_reason"))
             for ev in rs.feed(chunk):
                 yield ev
         for ev in rs.finish():
@@ -98,6 +104,10 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
     finally:
         await chunks.aclose()
         _close_log(log, finished, seen)
+
+
+def _has_output(delta: dict | None) -> bool:
+    return bool(delta and (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")))
 
 
 def _note_terminal(ev: dict, log: UsageLog) -> None:
@@ -162,6 +172,8 @@ async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
     try:
         for event in [*opened.first]:
             response_id = response_id or _response_id(event)
+            if (event.event or "").endswith(".delta"):
+                log.first_token()
             _native_usage(event, log)
             yield event.raw
         async for event in chunks:
@@ -170,6 +182,8 @@ async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
                 yield _in_progress(response_id or "resp_pending")
                 continue
             response_id = response_id or _response_id(event)
+            if (event.event or "").endswith(".delta"):
+                log.first_token()
             _native_usage(event, log)
             yield event.raw
         finished = True

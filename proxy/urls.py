@@ -7,8 +7,13 @@ from .asgi import ApiApp
 
 
 def build_app(fallback) -> ApiApp:
+    from observability import views as observability
+
     routes = {
         "/health": {"GET": views.health},
+        "/health/liveness": {"GET": observability.liveness},
+        "/health/readiness": {"GET": observability.readiness},
+        "/metrics": {"GET": observability.metrics},
         "/v1/models": {"GET": views.list_models},
         "/models": {"GET": views.list_models},
     }

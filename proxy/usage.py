@@ -183,6 +183,7 @@ class UsageLog:
         "error_message",
         "error_type",
         "estimated",
+        "finish_reasons",
         "key_id",
         "prompt",
         "provider",
@@ -194,6 +195,7 @@ class UsageLog:
         "status",
         "stream",
         "ttfb",
+        "ttft",
     )
 
     def __init__(self, request_id: str, endpoint: str, *, stream: bool = False) -> None:
@@ -207,6 +209,8 @@ class UsageLog:
         self.prompt = self.completion = self.cached = self.reasoning = 0
         self.estimated = self.client_closed = self._done = False
         self.ttfb: float | None = None
+        self.ttft: float | None = None  # to the first content delta of a stream (metrics, not the row)
+        self.finish_reasons: set[str] | None = None
         self.attempts = 0
         self.dep = None
 
@@ -219,6 +223,16 @@ class UsageLog:
     def first_byte(self) -> None:
         if self.ttfb is None:
             self.ttfb = (time.perf_counter() - self.started) * 1000
+
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = (time.perf_counter() - self.started) * 1000
+
+    def finish_reason(self, reason: object) -> None:
+        if isinstance(reason, str) and reason:
+            if self.finish_reasons is None:
+                self.finish_reasons = set()
+            self.finish_reasons.add(reason)
 
     def add_usage(self, usage: dict | None) -> None:
         """Chat-shaped usage (``prompt_tokens``...)."""

@@ -28,14 +28,17 @@ DONE = b"data: [DONE]\n\n"
 
 # ---- shared steps ------------------------------------------------------------
 
+def presented_key(req: Request) -> str:
+    """The key the client sent: ``Authorization: Bearer`` or ``x-api-key``."""
+    auth = req.headers.get("authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return key or req.headers.get("x-api-key", "").strip()
+
+
 async def authorize(req: Request) -> RouterConfig:
     config = await config_mod.current()
     discovery.ensure_started()
-    key = ""
-    auth = req.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        key = auth[7:].strip()
-    key = key or req.headers.get("x-api-key", "").strip()
+    key = presented_key(req)
     if not key:
         raise ProxyError(401, "Missing API key: send `Authorization: Bearer <router key>`.", code="invalid_api_key")
     if not config.check_key(key):
@@ -168,6 +171,8 @@ async def _chat(req: Request, body: dict, log: UsageLog) -> Response | Streaming
                              code="bad_upstream_response") from None
         result = opened.adapter.chat_response(data, opened.req.ctx)
         log.add_usage(result.get("usage"))
+        for choice in result.get("choices") or ():
+            log.finish_reason(choice.get("finish_reason"))
         log.finish()
         if opened.adapter.passthrough:
             return Response(200, raw)
@@ -189,7 +194,11 @@ async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
                 if not chunk.get("choices") and not include_usage:
                     continue
             for choice in chunk.get("choices") or ():
-                seen_chars += _delta_chars(choice.get("delta"))
+                chars = _delta_chars(choice.get("delta"))
+                if chars:
+                    seen_chars += chars
+                    log.first_token()
+                log.finish_reason(choice.get("finish_reason"))
             raw = getattr(chunk, "raw", None)
             yield raw if raw is not None else encode(chunk)
         finished = True

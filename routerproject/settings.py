@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "proxy",
+    "observability",
 ]
 
 MIDDLEWARE = [
@@ -160,6 +161,10 @@ ROUTER_STATE_SYNC_SECONDS = env_float("ROUTER_STATE_SYNC_SECONDS", 1.0)  # share
 ROUTER_MEDIA_MAX_BYTES = env_int("ROUTER_MEDIA_MAX_BYTES", 20 * 1024 * 1024)
 ROUTER_MEDIA_TIMEOUT = env_float("ROUTER_MEDIA_TIMEOUT", 20.0)
 ROUTER_MEDIA_ALLOW_PRIVATE = env_bool("ROUTER_MEDIA_ALLOW_PRIVATE")
+# Prometheus /metrics: on by default (tens of microseconds per request); scraped with the token or the master key.
+ROUTER_METRICS = env_bool("ROUTER_METRICS", True)
+ROUTER_METRICS_TOKEN = os.environ.get("ROUTER_METRICS_TOKEN") or None
+ROUTER_METRICS_PUBLIC = env_bool("ROUTER_METRICS_PUBLIC")  # serve /metrics without a token (a private network)
 
 LOGGING = {
     "version": 1,
