@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DatabaseError
 
+from keys.snapshot import EMPTY as EMPTY_KEYS
+from keys.snapshot import KeyTable
+
 from . import db
 from .errors import ProxyError
 
@@ -67,6 +70,7 @@ class RouterConfig:
     pools: dict[str, tuple[Deployment, ...]]
     aliases: dict[str, tuple[str, ...]]
     fail2ban: dict
+    keys: KeyTable = EMPTY_KEYS  # client keys and teams (``keys.snapshot``)
 
     def check_key(self, key: str) -> bool:
         from credentials.models import hash_key
@@ -80,6 +84,7 @@ class RouterConfig:
 def load() -> RouterConfig:
     """Build a snapshot from the database (sync: run it in a thread)."""
     from credentials.models import Credential, ModelAlias, ProviderModel, RouterSettings, hash_key
+    from keys.snapshot import load_table
 
     router = RouterSettings.load()
     creds: dict[str, CredentialConfig] = {}
@@ -106,6 +111,7 @@ def load() -> RouterConfig:
     return RouterConfig(
         version=router.config_version, master_key_hash=master, credentials=creds,
         pools={k: tuple(v) for k, v in pools.items()}, aliases=aliases, fail2ban=dict(router.fail2ban or {}),
+        keys=load_table(),
     )
 
 

@@ -63,8 +63,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served by the router itself (no CDN)
     "proxy",
     "observability",
+    "keys",
 ]
 
 MIDDLEWARE = [
@@ -130,6 +133,17 @@ WHITENOISE_USE_FINDERS = True  # admin CSS works without collectstatic in local 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Auto AI Router management API",
+    "DESCRIPTION": "Keys, teams and spend (LiteLLM-compatible routes). Authenticate with the master key "
+                   "(`Authorization: Bearer …`) or an admin session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # ---- router ------------------------------------------------------------------
