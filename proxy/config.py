@@ -22,6 +22,7 @@ from django.db import DatabaseError
 
 from keys.snapshot import EMPTY as EMPTY_KEYS
 from keys.snapshot import KeyTable
+from pricing import table as pricing_table
 
 from . import db
 from .errors import ProxyError
@@ -108,6 +109,7 @@ def load() -> RouterConfig:
         pools.setdefault(m.name, []).append(Deployment(m.name, cred, m.upstream_id, m.rpm, m.tpm))
     aliases = {a.alias: tuple(a.targets) for a in ModelAlias.objects.all()}
     master = hash_key(settings.ROUTER_MASTER_KEY) if settings.ROUTER_MASTER_KEY else router.master_key_hash
+    pricing_table.reload()  # prices share the config version: one poll, one reload
     return RouterConfig(
         version=router.config_version, master_key_hash=master, credentials=creds,
         pools={k: tuple(v) for k, v in pools.items()}, aliases=aliases, fail2ban=dict(router.fail2ban or {}),

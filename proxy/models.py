@@ -21,6 +21,12 @@ class UsageRecord(models.Model):
     total_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
+    # Cache writes are part of prompt_tokens, as cache reads (cached_tokens) are.
+    cache_write_5m_tokens = models.PositiveIntegerField("cache writes (5 min)", default=0)
+    cache_write_1h_tokens = models.PositiveIntegerField("cache writes (1 hour)", default=0)
+    images = models.PositiveIntegerField("images generated", default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=20, decimal_places=12, null=True, blank=True,
+                                   help_text="Empty when the model had no price (never 0 for that)")
     tokens_estimated = models.BooleanField(default=False)
     ttfb_ms = models.FloatField(null=True, blank=True)
     latency_ms = models.FloatField(default=0)

@@ -229,10 +229,12 @@ def _native_usage(event, log: UsageLog) -> None:
 def chat_usage_from_responses(usage: dict | None) -> dict | None:
     if not isinstance(usage, dict):
         return None
+    input_details = usage.get("input_tokens_details") or {}
     return {
         "prompt_tokens": usage.get("input_tokens") or 0,
         "completion_tokens": usage.get("output_tokens") or 0,
-        "prompt_tokens_details": {"cached_tokens": (usage.get("input_tokens_details") or {}).get("cached_tokens")},
+        "prompt_tokens_details": {"cached_tokens": input_details.get("cached_tokens"),
+                                  "cache_write_tokens": input_details.get("cache_write_tokens")},
         "completion_tokens_details": {
             "reasoning_tokens": (usage.get("output_tokens_details") or {}).get("reasoning_tokens")},
     }

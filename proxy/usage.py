@@ -19,11 +19,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+
+from pricing import cost as pricing_cost
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class UsageWriter:
     def __init__(self) -> None:
         self.pending: deque[dict[str, Any]] = deque()
         self.dropped = 0
+        self.unpriced = 0  # rows with usage but no price for their model (cost_usd null)
         self.written = 0
         self.failures = 0
         self.last_error = ""
@@ -109,6 +113,7 @@ class UsageWriter:
 
     def stats(self) -> dict[str, Any]:
         return {"pending": len(self.pending), "written": self.written, "dropped": self.dropped,
+                "unpriced": self.unpriced,
                 "write_failures": self.failures, "last_error": self.last_error or None}
 
 
@@ -174,9 +179,12 @@ class UsageLog:
     __slots__ = (
         "_done",
         "attempts",
+        "cache_write_1h",
+        "cache_write_5m",
         "cached",
         "client_closed",
         "completion",
+        "cost",
         "credential",
         "dep",
         "endpoint",
@@ -184,6 +192,8 @@ class UsageLog:
         "error_type",
         "estimated",
         "finish_reasons",
+        "finished_at",
+        "images",
         "key_id",
         "prompt",
         "provider",
@@ -207,6 +217,9 @@ class UsageLog:
         self.error_type = self.error_message = ""
         self.status = 200
         self.prompt = self.completion = self.cached = self.reasoning = 0
+        self.cache_write_5m = self.cache_write_1h = self.images = 0
+        self.cost: Decimal | None = None  # set by finish(), before the hooks run
+        self.finished_at: datetime | None = None
         self.estimated = self.client_closed = self._done = False
         self.ttfb: float | None = None
         self.ttft: float | None = None  # to the first content delta of a stream (metrics, not the row)
@@ -235,12 +248,16 @@ class UsageLog:
             self.finish_reasons.add(reason)
 
     def add_usage(self, usage: dict | None) -> None:
-        """Chat-shaped usage (``prompt_tokens``...)."""
+        """Chat-shaped usage (``prompt_tokens``...); ``prompt_tokens_details.cache_write_tokens`` counts
+        every cache write, ``cache_write_1h_tokens`` the part written to a 1-hour cache."""
         if not isinstance(usage, dict):
             return
         self.prompt = int(usage.get("prompt_tokens") or 0)
         self.completion = int(usage.get("completion_tokens") or 0)
-        self.cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        self.cached = int(details.get("cached_tokens") or 0)
+        self.cache_write_1h = int(details.get("cache_write_1h_tokens") or 0)
+        self.cache_write_5m = max(0, int(details.get("cache_write_tokens") or 0) - self.cache_write_1h)
         self.reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
         self.estimated = False
 
@@ -253,13 +270,19 @@ class UsageLog:
         if self._done:
             return
         self._done = True
+        self.finished_at = datetime.now(UTC)
+        self.cost = pricing_cost.of_log(self)
+        if self.cost is None and (self.prompt or self.completion or self.images):
+            writer.unpriced += 1
         record({
             "request_id": self.request_id, "key_id": self.key_id, "endpoint": self.endpoint,
             "requested_model": self.requested_model, "resolved_model": self.resolved_model,
             "credential": self.credential, "provider": self.provider, "status": self.status, "stream": self.stream,
             "prompt_tokens": self.prompt, "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion, "cached_tokens": self.cached,
-            "reasoning_tokens": self.reasoning, "tokens_estimated": self.estimated, "ttfb_ms": self.ttfb,
+            "reasoning_tokens": self.reasoning, "cache_write_5m_tokens": self.cache_write_5m,
+            "cache_write_1h_tokens": self.cache_write_1h, "images": self.images, "cost_usd": self.cost,
+            "created_at": self.finished_at, "tokens_estimated": self.estimated, "ttfb_ms": self.ttfb,
             "latency_ms": (time.perf_counter() - self.started) * 1000, "attempts": max(1, self.attempts),
             "client_closed": self.client_closed, "error_type": self.error_type, "error_message": self.error_message,
         })

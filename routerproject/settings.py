@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "proxy",
     "observability",
     "keys",
+    "pricing",
 ]
 
 MIDDLEWARE = [

@@ -639,10 +639,12 @@ def anthropic_usage(usage: Mapping | None) -> dict:
     usage = usage or {}
     cache_read = int(usage.get("cache_read_input_tokens") or 0)
     cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+    # cache_creation splits the writes by TTL (1-hour writes cost more); absent = all 5-minute
+    write_1h = int((usage.get("cache_creation") or {}).get("ephemeral_1h_input_tokens") or 0)
     details = usage.get("output_tokens_details") or {}
     return chat_usage(int(usage.get("input_tokens") or 0) + cache_read + cache_write,
                       int(usage.get("output_tokens") or 0), cached=cache_read, cache_write=cache_write,
-                      reasoning=int(details.get("thinking_tokens") or 0))
+                      cache_write_1h=min(write_1h, cache_write), reasoning=int(details.get("thinking_tokens") or 0))
 
 
 def finish_reason(stop_reason: str | None) -> str:

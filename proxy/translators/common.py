@@ -143,7 +143,9 @@ def b64json_decode(text: str):
 # ---- usage and chunks ------------------------------------------------------
 
 def chat_usage(prompt: int = 0, completion: int = 0, *, cached: int = 0, cache_write: int = 0,
-               reasoning: int = 0) -> dict:
+               cache_write_1h: int = 0, reasoning: int = 0) -> dict:
+    """Canonical usage. ``prompt`` counts cache reads (``cached``) and writes (``cache_write``, of which
+    ``cache_write_1h`` went to a 1-hour cache: priced apart, and only present when non-zero)."""
     usage = {
         "prompt_tokens": int(prompt),
         "completion_tokens": int(completion),
@@ -153,6 +155,8 @@ def chat_usage(prompt: int = 0, completion: int = 0, *, cached: int = 0, cache_w
     }
     if cache_write:
         usage["prompt_tokens_details"]["cache_write_tokens"] = int(cache_write)
+    if cache_write_1h:
+        usage["prompt_tokens_details"]["cache_write_1h_tokens"] = int(cache_write_1h)
     return usage
 
 

@@ -14,7 +14,8 @@ from .server import FakeProvider, Recorded, Reply, Script
 
 
 def completion(text: str = "Hello!", *, model: str = "gpt-4o-2024-08-06", prompt: int = 9,
-               completion_tokens: int = 3, tool_calls: list | None = None, finish: str | None = None) -> dict:
+               completion_tokens: int = 3, tool_calls: list | None = None, finish: str | None = None,
+               cached: int = 2, reasoning: int = 1) -> dict:
     message: dict = {"role": "assistant", "content": text if not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -24,7 +25,8 @@ def completion(text: str = "Hello!", *, model: str = "gpt-4o-2024-08-06", prompt
                      "finish_reason": finish or ("tool_calls" if tool_calls else "stop")}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
                   "total_tokens": prompt + completion_tokens,
-                  "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1}},
+                  "prompt_tokens_details": {"cached_tokens": cached},
+                  "completion_tokens_details": {"reasoning_tokens": reasoning}},
     }
 
 
