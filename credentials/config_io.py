@@ -64,6 +64,8 @@ import yaml
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models, transaction
 
+from pricing import config_yaml as pricing_yaml
+
 from . import crypto
 from .models import Credential, CredentialType, ModelAlias, ProviderModel, RouterSettings, hash_key
 
@@ -80,8 +82,8 @@ MODEL_FIELDS = ("upstream_model", "rpm", "tpm", "enabled")
 VERTEX_ONLY = ("project_id", "location", "credentials_file", "credentials_json")
 HEADER_KEYS = ("extra_headers", "headers", "request_headers")
 
-TOP_KEYS = ("server", "credentials", "models", "model_aliases", "model_alias", "fail2ban")
-SERVER_KEYS = ("master_key",)
+TOP_KEYS = ("server", "credentials", "models", "model_aliases", "model_alias", "fail2ban", "model_prices")
+SERVER_KEYS = ("master_key", "model_prices_link")
 CREDENTIAL_KEYS = (
     "name", "type", "api_key", "base_url", "project_id", "location", "credentials_file", "credentials_json",
     *HEADER_KEYS, "rpm", "tpm", "weight", "enabled", "is_fallback", "responses_api", "discover_models", "models",
@@ -98,7 +100,7 @@ ORIGINAL_SERVER_KEYS = (
     "port", "max_body_size_mb", "response_body_multiplier", "response_compatibility", "request_timeout",
     "write_timeout", "idle_timeout", "idle_conn_timeout", "max_idle_conns", "max_idle_conns_per_host",
     "http2_idle_ping_timeout", "http2_ping_timeout", "logging_level", "stdout_logs_enabled", "default_models_rpm",
-    "strict_all_team_models_acl", "credential_name_as_team_id", "tiktoken_enabled", "model_prices_link",
+    "strict_all_team_models_acl", "credential_name_as_team_id", "tiktoken_enabled",
     "model_prices_sync_interval", "response_headers", "max_provider_retries", "max_fallback_attempts",
     "session_sticky_enabled", "session_sticky_ttl_minutes", "session_sticky_auto_cache_control", "shutdown_delay",
     "drain_upstream_on_abort", "proxy_health_timeout", "replace_v1_models",
@@ -117,6 +119,8 @@ SETTING_HINTS = {
     "logging_level": "set LOG_LEVEL instead",
     "max_provider_retries": "set ROUTER_MAX_ATTEMPTS instead",
     "redis": "set REDIS_URL instead",
+    "model_prices_sync_interval": "the link is loaded on import; re-run import_config or manage.py load_prices "
+                                  "(e.g. from cron) to refresh it",
 }
 TYPE_SYNONYMS = {
     "air": "proxy", "aar": "proxy", "auto-ai-router": "proxy", "auto_ai_router": "proxy",
@@ -189,6 +193,8 @@ class ConfigSpec:
     master_key: str | None = field(default=None, repr=False)  # None: keep the stored one
     master_key_source: str = ""
     fail2ban: dict | None = None  # None: the section is absent
+    prices_link: str | None = None  # None: absent (keep the stored one); "": clear it
+    prices: list = field(default_factory=list)  # pricing.loading.Entry from model_prices
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -448,6 +454,10 @@ def _parse_document(r: _Reader, data: dict, spec: ConfigSpec, master_key_overrid
         if value is not MISSING:
             spec.fail2ban, errors = clean_fail2ban(value, "fail2ban")
             r.errors.extend(errors)
+    if data.get("model_prices") is not None:
+        value = r.resolve(data["model_prices"], "model_prices")
+        if value is not MISSING:
+            spec.prices = pricing_yaml.parse_model_prices(value, "model_prices", r.error)
 
 
 def _section_items(r: _Reader, data: dict, section: str) -> list[tuple[str, Any]]:
@@ -463,6 +473,9 @@ def _section_items(r: _Reader, data: dict, section: str) -> list[tuple[str, Any]
 def _parse_server(r: _Reader, server: Any, spec: ConfigSpec, master_key_override: str | None) -> None:
     if server is not None and r.mapping(server, "server", "a mapping"):
         r.check_keys(server, "server", SERVER_KEYS, ORIGINAL_SERVER_KEYS)
+        if "model_prices_link" in server:
+            link = r.text(server, "model_prices_link", "server")
+            spec.prices_link = link if link is not MISSING else None
     if master_key_override:
         spec.master_key, spec.master_key_source = master_key_override, "ROUTER_MASTER_KEY"
         if isinstance(server, dict) and server.get("master_key") is not None:
@@ -738,6 +751,7 @@ class Plan:
     saves: list[models.Model] = field(default_factory=list, repr=False)
     deletes: list[models.Model] = field(default_factory=list, repr=False)
     settings: Callable[[RouterSettings], list[str]] | None = field(default=None, repr=False)
+    writes: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
     def has_changes(self) -> bool:
@@ -774,6 +788,7 @@ def build_plan(spec: ConfigSpec, *, prune: bool = False) -> Plan:
     _plan_models(spec, plan, errors, prune, credentials)
     _plan_aliases(spec, plan, errors, prune)
     _plan_settings(spec, plan, prune)
+    _plan_prices(spec, plan, errors)
     if errors:
         raise ConfigError(errors, plan.warnings)
     return plan
@@ -929,6 +944,25 @@ def _plan_settings(spec: ConfigSpec, plan: Plan, prune: bool) -> None:
     plan.settings = apply
 
 
+def _plan_prices(spec: ConfigSpec, plan: Plan, errors: list[str]) -> None:
+    stored = RouterSettings.objects.filter(pk=1).values_list("model_prices_link", flat=True).first() or ""
+    link = stored if spec.prices_link is None else spec.prices_link
+    details, write = pricing_yaml.plan(spec.prices, link, errors)
+    if spec.prices_link is not None and spec.prices_link != stored:
+        details.insert(0, f"model_prices_link {_show(stored)} -> {_show(spec.prices_link)}")
+    if details:
+        plan.changes.append(Change("update", "price", "table", details))
+
+    def apply() -> None:
+        if spec.prices_link is not None and spec.prices_link != stored:
+            RouterSettings.load()
+            RouterSettings.objects.filter(pk=1).update(model_prices_link=spec.prices_link)
+        if write:
+            write()
+
+    plan.writes.append(apply)
+
+
 def _validated(obj: models.Model, path: str, keys: Mapping[str, str], errors: list[str],
                exclude: list[str] | None = None) -> bool:
     try:
@@ -1004,6 +1038,8 @@ def apply_plan(plan: Plan) -> None:
     if plan.settings:
         row = RouterSettings.load()
         row.save(update_fields=plan.settings(row))
+    for write in plan.writes:
+        write()
 
 
 def import_config(
@@ -1049,6 +1085,10 @@ def export_data(*, include_secrets: bool = False) -> dict:
     settings_row = RouterSettings.objects.filter(pk=1).first()
     if settings_row and settings_row.fail2ban:
         data["fail2ban"] = settings_row.fail2ban
+    if settings_row and settings_row.model_prices_link:
+        data = {"server": {"model_prices_link": settings_row.model_prices_link}, **data}
+    if prices := pricing_yaml.export():
+        data["model_prices"] = prices
     return data
 
 

@@ -186,6 +186,9 @@ class RouterSettings(models.Model):
     master_key_hash = models.CharField(max_length=64, blank=True, default="")
     fail2ban = models.JSONField(blank=True, default=dict)
     config_version = models.BigIntegerField(default=0)
+    model_prices_link = models.CharField(
+        max_length=500, blank=True, default="",
+        help_text="A LiteLLM-format price file (path or URL) loaded by import_config (server.model_prices_link)")
 
     class Meta:
         verbose_name = verbose_name_plural = "router settings"
