@@ -68,6 +68,13 @@ class PriceTable:
         return None
 
 
+    def in_force(self, model: str, provider: str = "", at: datetime | date | None = None) -> Rates | None:
+        """The row in force for exactly this model name and provider (the admin's "in force" column)."""
+        day = _day(at)
+        return next((r for r in self._by_name.get(model, ()) if r.provider == provider and r.effective_from <= day),
+                    None)
+
+
 def candidates(public: str, upstream: str = "") -> list[str]:
     names = [n for n in (public, upstream) if n]
     if "/" in upstream:

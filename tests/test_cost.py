@@ -162,3 +162,26 @@ async def test_finish_hooks_see_the_cost_and_a_price_change_elsewhere_applies_wi
         usage.finish_hooks.remove(hook)
     assert seen[0] == 10 * D("1e-6")
     assert seen[-1] == 10 * D("5e-6")
+
+
+def test_a_fresh_database_prices_the_shipped_models_in_a_real_router(tmp_path, openai_fake):
+    """migrate loads pricing/data/prices-2026-12-01.json: a fresh clone prices gpt-4.1-mini out of the box."""
+    import httpx
+
+    from tests.live import LiveRouter
+
+    fake = openai_fake(Reply(json=completion(prompt=1000, cached=200, completion_tokens=100, reasoning=0)))
+    config = (f"server: {{master_key: sk-live}}\n"
+              f"credentials: [{{name: oa, type: openai, api_key: sk-upstream-secret, base_url: '{fake.url}/v1'}}]\n"
+              "models: [{name: gpt-4.1-mini, credential: oa}]\n")
+    router = LiveRouter(config, tmp_path).start()
+    try:
+        res = httpx.post(router.url + "/v1/chat/completions", headers={"authorization": "Bearer sk-live"},
+                         json={"model": "gpt-4.1-mini", "messages": [user("Hi")]}, timeout=10)
+        assert res.status_code == 200
+        [row] = router.usage_rows(wait_for=1)
+    finally:
+        router.stop()
+    # shipped list prices: $0.40 input, $0.10 cached input, $1.60 output per 1M tokens
+    expected = 800 * D("4e-7") + 200 * D("1e-7") + 100 * D("1.6e-6")
+    assert D(str(row["cost_usd"])) == expected == D("0.0005")
