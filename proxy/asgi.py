@@ -18,10 +18,14 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.conf import settings
 
+from .auth import Principal, authenticate, presented_key
+from .body_budget import Reservation, budget
 from .errors import ProxyError
+from .failures import as_proxy_error
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,15 @@ class Request:
     body: bytes
     request_id: str
     path_param: str = ""
+    #: who is calling (``proxy.auth``); None only on routes where a key is optional (``/health``)
+    principal: Principal | None = None
+    _reservation: Reservation | None = None
+
+    def body_parsed(self) -> None:
+        """The body is parsed: its share of the body budget is free again."""
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
 
 
 @dataclass(slots=True)
@@ -44,12 +57,30 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class UsageRecorder(Protocol):
+    error_type: str
+    status: int
+    client_closed: bool
+
+    def fail(self, err: ProxyError) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 @dataclass(slots=True)
 class StreamingResponse:
+    """A streamed answer. Once its headers are out, a failure can only be told in the stream:
+    ``terminal(err)`` gives the endpoint's last frame for ``err`` (Chat: an ``error`` event,
+    Responses: ``response.failed``...); the front sends it, then ends the body. ``usage`` (set by
+    the handler) is finished by the front when the stream is over: failed (the error's status),
+    cut short (499), or complete."""
+
     stream: AsyncIterator[bytes]
     status: int = 200
     content_type: str = "text/event-stream"
     headers: dict[str, str] = field(default_factory=dict)
+    terminal: Callable[[ProxyError], bytes] | None = None
+    usage: UsageRecorder | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
@@ -75,10 +106,11 @@ def error_response(err: ProxyError) -> Response:
 
 class ApiApp:
     def __init__(self, routes: dict[str, dict[str, Handler]], prefixes: dict[str, dict[str, Handler]],
-                 fallback) -> None:
+                 fallback, *, optional_auth: frozenset[str] = frozenset()) -> None:
         self.routes = routes
         self.prefixes = prefixes
         self.fallback = fallback
+        self.optional_auth = optional_auth  # paths served without a key (a valid one shows more)
         skip_twisted_form_parsing()
 
     def _match(self, path: str) -> tuple[dict[str, Handler] | None, str]:
@@ -106,44 +138,75 @@ class ApiApp:
                 await self.fallback(scope, receive, send)
                 return
         request_id = "req_" + secrets.token_hex(12)
+        sender = _Sender(send)
+        try:
+            await self._serve(scope, receive, sender, methods, param, request_id)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the server cancelled this app (and with it the task); a client leaving is no error
+        except Exception as exc:  # nothing raised on the request path escapes to the server
+            err = as_proxy_error(exc, request_id, started=sender.started)
+            if not sender.started:
+                await sender.respond(error_response(err), request_id)
+
+    async def _serve(self, scope, receive, sender: _Sender, methods: dict[str, Handler], param: str,
+                     request_id: str) -> None:
+        path = scope["path"]
         handler = methods.get(scope["method"])
         if handler is None:
             err = ProxyError(404, f"Unknown API path {path}", code="unknown_url") if not methods else \
                 ProxyError(405, f"Method {scope['method']} not allowed on {path}", code="method_not_allowed")
-            await _send(send, error_response(err), request_id)
+            await sender.respond(error_response(err), request_id)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        req = Request(scope["method"], path, headers, b"", request_id, param)
         try:
-            body = await _read_body(receive, headers)
+            await self._read_and_respond(handler, req, receive, sender)
+        finally:
+            req.body_parsed()  # whatever happened, the request's share of the body budget is given back
+
+    async def _read_and_respond(self, handler: Handler, req: Request, receive, sender: _Sender) -> None:
+        headers = req.headers
+        try:
+            req.principal = await self._authenticate(req.path, headers)
+            # the key is checked before a byte of the body is read: a stranger costs no memory
+            req._reservation = await budget.reserve(_expected_size(headers))
+            req.body = await _read_body(receive, headers)
+            req._reservation.shrink(len(req.body))
         except ProxyError as err:
-            await _send(send, error_response(err), request_id)
+            response = error_response(err)
+            if err.status == 401 and _large(headers):
+                response.headers["connection"] = "close"  # not worth reading the rest of the body
+            await sender.respond(response, req.request_id)
             return
         except _Disconnected:
             return
-        req = Request(scope["method"], path, headers, body, request_id, param)
-        ends = [observe(req.method, path, headers) for observe in request_observers]
-        task = asyncio.ensure_future(self._respond(handler, req, send))
+        ends = [observe(req.method, req.path, headers) for observe in request_observers]
+        task = asyncio.ensure_future(self._respond(handler, req, sender))
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
             await task
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # the server cancelled this app (and with it the task); a client leaving is no error
         finally:
             watcher.cancel()
             for end in reversed(ends):
                 end()
 
-    async def _respond(self, handler: Handler, req: Request, send) -> None:
+    async def _authenticate(self, path: str, headers: dict[str, str]) -> Principal | None:
+        if path not in self.optional_auth:
+            return await authenticate(headers)
+        if not presented_key(headers):
+            return None
+        try:
+            return await authenticate(headers, count=False)
+        except Exception:  # /health must answer even when the config cannot be loaded
+            return None
+
+    async def _respond(self, handler: Handler, req: Request, sender: _Sender) -> None:
         try:
             response = await handler(req)
-        except ProxyError as err:
-            response = error_response(err)
-        except Exception:
-            log.exception("unhandled error in %s (request %s)", req.path, req.request_id)
-            response = error_response(ProxyError(500, "Internal router error; see the router log for "
-                                                 f"request {req.request_id}.", code="internal_error"))
-        await _send(send, response, req.request_id)
+        except Exception as exc:
+            response = error_response(as_proxy_error(exc, req.request_id, started=False))
+        await sender.respond(response, req.request_id)
 
     async def _lifespan(self, receive, send) -> None:
         from . import http, usage
@@ -190,6 +253,17 @@ class _Disconnected(Exception):
     pass
 
 
+def _expected_size(headers: dict[str, str]) -> int:
+    declared = headers.get("content-length", "")
+    if declared.isdigit():
+        return int(declared)
+    return settings.ROUTER_MAX_BODY_BYTES if "transfer-encoding" in headers else 0
+
+
+def _large(headers: dict[str, str]) -> bool:
+    return _expected_size(headers) > 64 * 1024
+
+
 async def _read_body(receive, headers: dict[str, str]) -> bytes:
     limit = settings.ROUTER_MAX_BODY_BYTES
     declared = headers.get("content-length")
@@ -198,17 +272,23 @@ async def _read_body(receive, headers: dict[str, str]) -> bytes:
                          code="request_too_large")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ProxyError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(settings.ROUTER_BODY_TIMEOUT):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise ProxyError(413, f"Request body exceeds the limit of {limit} bytes.",
+                                     code="request_too_large")
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise ProxyError(408, f"The request body did not arrive within {settings.ROUTER_BODY_TIMEOUT:g}s.",
+                         code="request_timeout") from None
 
 
 async def _cancel_on_disconnect(receive, task: asyncio.Future) -> None:
@@ -224,23 +304,54 @@ def _headers(content_type: str, request_id: str, extra: dict[str, str]) -> list[
     return headers
 
 
-async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
-    if isinstance(response, Response):
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": _headers(response.content_type, request_id, response.headers)})
-        await send({"type": "http.response.body", "body": response.body})
-        return
-    extra = {"cache-control": "no-cache", "x-accel-buffering": "no", **response.headers}
-    await send({"type": "http.response.start", "status": response.status,
-                "headers": _headers(response.content_type, request_id, extra)})
-    stream = response.stream
-    for observe in stream_observers:
-        observe(1)
-    try:
-        async for chunk in stream:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-    finally:
+class _Sender:
+    """Sends one response; remembers whether its headers are out (then only the stream can tell an error)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.started = False
+
+    async def respond(self, response: Response | StreamingResponse, request_id: str) -> None:
+        if isinstance(response, Response):
+            self.started = True
+            await self.send({"type": "http.response.start", "status": response.status,
+                             "headers": _headers(response.content_type, request_id, response.headers)})
+            await self.send({"type": "http.response.body", "body": response.body})
+            return
+        await self._stream(response, request_id)
+
+    async def _stream(self, response: StreamingResponse, request_id: str) -> None:
+        stream, usage = response.stream, response.usage
+        outcome = "cut"  # until the stream ends or fails: the client left, or the server is stopping
         for observe in stream_observers:
-            observe(-1)
-        await stream.aclose()  # type: ignore[attr-defined]
+            observe(1)
+        try:
+            extra = {"cache-control": "no-cache", "x-accel-buffering": "no", **response.headers}
+            self.started = True
+            await self.send({"type": "http.response.start", "status": response.status,
+                             "headers": _headers(response.content_type, request_id, extra)})
+            try:
+                async for chunk in stream:
+                    await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                outcome = "done"
+            except Exception as exc:
+                outcome = "failed"
+                err = as_proxy_error(exc, request_id, started=True)
+                if usage is not None:
+                    usage.fail(err)
+                if response.terminal is not None:
+                    await self.send({"type": "http.response.body", "body": response.terminal(err),
+                                     "more_body": True})
+            await self.send({"type": "http.response.body", "body": b""})
+        finally:
+            for observe in stream_observers:
+                observe(-1)
+            try:
+                await stream.aclose()  # type: ignore[attr-defined]
+            finally:
+                if usage is not None:
+                    if outcome == "cut" and not usage.error_type:
+                        usage.client_closed, usage.status = True, 499
+                    usage.finish()

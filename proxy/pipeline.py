@@ -28,12 +28,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from django.conf import settings
 
 from . import state as state_mod
 from .config import Deployment
 from .errors import ProxyError
+from .failures import bad_upstream, shape_error, upstream_shape
 from .providers import adapter_for
 from .providers.base import Adapter, StreamTranslator, UpstreamRequest
 from .providers.openai import HOP_HEADER
@@ -51,6 +53,9 @@ HEARTBEAT = object()
 #: None, the ProxyError or None) when the attempt has its answer
 AttemptEnd = Callable[[int | None, ProxyError | None], None]
 attempt_observers: list[Callable[[Deployment, int, dict[str, str]], AttemptEnd]] = []
+# what a broken connection or body raises: httpx's errors, and aiohttp's where httpx-aiohttp does not map them
+# (a body longer than its Content-Length is an aiohttp ClientResponseError)
+BROKEN = (httpx.HTTPError, aiohttp.ClientError)
 # the status fail2ban counts when the error did not come with an HTTP status of its own
 _STATUS_BY_CODE = {"upstream_authentication_error": 401, "upstream_unreachable": 502, "upstream_timeout": 504,
                    "server_is_overloaded": 529, "rate_limit_exceeded": 429, "insufficient_quota": 429}
@@ -190,13 +195,15 @@ async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stre
     except TimeoutError:
         raise ProxyError(504, f"{adapter.provider} did not answer within {settings.ROUTER_FIRST_BYTE_TIMEOUT:g}s",
                          code="upstream_timeout", retryable=True) from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse (httpx-aiohttp does not map it)
+        raise bad_upstream(adapter.provider, f"an answer that is not valid HTTP ({type(exc).__name__})") from None
+    except (httpx.TransportError, aiohttp.ClientError) as exc:
         raise ProxyError(502, f"{adapter.provider} unreachable ({type(exc).__name__})",
                          code="upstream_unreachable", retryable=True) from None
     if response.status_code >= 400:
         try:
             body = await response.aread()
-        except httpx.HTTPError:
+        except BROKEN:
             body = b""
         finally:
             await response.aclose()
@@ -209,13 +216,13 @@ async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stre
                 await response.aread()
         except TimeoutError:
             raise _silent(settings.ROUTER_IDLE_TIMEOUT) from None
-        except httpx.HTTPError as exc:
+        except BROKEN as exc:
             raise _broken(exc) from None
         finally:
             await response.aclose()
     if stream:
         translator = adapter.chat_stream(req.ctx) if req.ctx is not _NATIVE else None
-        opened.chunks = _chunks(response, translator, heartbeat)
+        opened.chunks = _chunks(response, translator, heartbeat, adapter.provider)
         try:
             opened.first = await _first(opened.chunks)
         except BaseException:
@@ -250,28 +257,45 @@ async def _first(chunks: AsyncIterator) -> list:
 
 
 async def _chunks(response: httpx.Response, translator: StreamTranslator | None,
-                  heartbeat: float | None) -> AsyncIterator:
-    """Translated chunks (or raw SSE events when ``translator`` is None), HEARTBEAT on long silences."""
+                  heartbeat: float | None, provider: str) -> AsyncIterator:
+    """Translated chunks (or raw SSE events when ``translator`` is None), HEARTBEAT on long silences.
+
+    An event the translator cannot make sense of, or a 200 answer that holds no event at all (an
+    HTML error page from a proxy in front of the provider), is a 502 ``bad_upstream_response``.
+    """
     parser = SSEParser()
+    events = 0
     async for data in _read(response, heartbeat):
         if data is HEARTBEAT:
             yield HEARTBEAT
             continue
-        for event in parser.feed(data):
+        parsed = parser.feed(data)
+        events += len(parsed)
+        for event in parsed:
             if translator is None:
                 yield event
-            else:
-                for chunk in translator.feed(event):
-                    yield chunk
-    for event in parser.flush():
-        if translator is None:
-            yield event
-        else:
-            for chunk in translator.feed(event):
+                continue
+            try:
+                out = translator.feed(event)
+            except ProxyError:
+                raise
+            except Exception as exc:  # per event, not a with-block: this loop runs for every event
+                raise shape_error(provider, exc) from None
+            for chunk in out:
                 yield chunk
-    if translator is not None:
-        for chunk in translator.finish():
-            yield chunk
+    with upstream_shape(provider):
+        tail = parser.flush()
+        events += len(tail)
+        if not events:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise bad_upstream(provider, f"a {response.status_code} answer without any event ({kind})")
+        if translator is None:
+            out = tail
+        else:
+            out = [chunk for event in tail for chunk in translator.feed(event)]
+            out.extend(translator.finish())
+    for item in out:
+        yield item
 
 
 async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncIterator:
@@ -287,7 +311,7 @@ async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncItera
                     return
                 except TimeoutError:
                     raise _silent(idle) from None
-                except httpx.HTTPError as exc:
+                except BROKEN as exc:
                     raise _broken(exc) from None
                 yield data
         pending: asyncio.Future | None = None
@@ -308,7 +332,7 @@ async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncItera
                     data = task.result()
                 except StopAsyncIteration:
                     return
-                except httpx.HTTPError as exc:
+                except BROKEN as exc:
                     raise _broken(exc) from None
                 yield data
         finally:
@@ -323,6 +347,9 @@ def _silent(idle: float) -> ProxyError:
 
 
 def _broken(exc: Exception) -> ProxyError:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProxyError(502, f"upstream answer is not valid HTTP ({type(exc).__name__})",
+                          code="bad_upstream_response", retryable=True)
     return ProxyError(502, f"upstream stream broke ({type(exc).__name__})", code="server_error", retryable=True)
 
 

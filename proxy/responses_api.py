@@ -25,7 +25,7 @@ from .errors import ProxyError
 from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
 from .translators.responses import ResponsesStream, encode_event, responses_to_chat
 from .usage import UsageLog
-from .views import authorize, guarded, parse_body, require_model, route, start_log
+from .views import authorize, estimate, guarded, parse_body, prepend, require_model, route, start_log
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -54,20 +54,20 @@ async def _responses(req: Request, body: dict, log: UsageLog) -> Response | Stre
     opened = await open_upstream(plan, build, log, stream=True, heartbeat=settings.ROUTER_KEEPALIVE_INTERVAL)
     log.first_byte()
     if is_native(opened.req):
+        native_stream = _NativeStream()
         if stream:
-            return StreamingResponse(_relay_native(opened, log))
-        return await _collect(_parsed(_relay_native(opened, log)))
+            return StreamingResponse(native_stream.relay(opened, log), terminal=native_stream.failed)
+        return await _collect(_parsed(native_stream.relay(opened, log)))
     rs = ResponsesStream(translated[1])  # type: ignore[index]
     events = _translated(opened, rs, log)
     if stream:
-        return StreamingResponse(_encoded(events))
+        return StreamingResponse(_encoded(events), terminal=lambda err: b"".join(map(encode_event, rs.fail(err))))
     return await _collect(events)
 
 
 async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> AsyncIterator[dict]:
     chunks = opened.chunks
     assert chunks is not None
-    finished = False
     seen = 0
     try:
         for ev in rs.started():
@@ -95,15 +95,9 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
         for ev in rs.finish():
             _note_terminal(ev, log)
             yield ev
-        finished = True
-    except ProxyError as err:
-        log.fail(err)
-        for ev in rs.fail(err):
-            yield ev
-        finished = True
     finally:
         await chunks.aclose()
-        _close_log(log, finished, seen)
+        estimate(log, seen)
 
 
 def _has_output(delta: dict | None) -> bool:
@@ -115,14 +109,6 @@ def _note_terminal(ev: dict, log: UsageLog) -> None:
         error = (ev.get("response") or {}).get("error") or {}
         log.status, log.error_type = 502, str(error.get("code") or "server_error")
         log.error_message = str(error.get("message") or "")[:1000]
-
-
-def _close_log(log: UsageLog, finished: bool, seen_chars: int) -> None:
-    if not finished and not log.error_type:
-        log.client_closed, log.status = True, 499
-    if log.prompt == 0 and log.completion == 0 and seen_chars > 0:
-        log.completion, log.estimated = max(1, seen_chars // 4), True
-    log.finish()
 
 
 async def _encoded(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
@@ -164,38 +150,35 @@ async def _parsed(frames: AsyncIterator[bytes]) -> AsyncIterator[dict]:
         await frames.aclose()  # type: ignore[attr-defined]
 
 
-async def _relay_native(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
-    chunks = opened.chunks
-    assert chunks is not None
-    finished = False
-    response_id: str | None = None
-    try:
-        for event in [*opened.first]:
-            response_id = response_id or _response_id(event)
-            if (event.event or "").endswith(".delta"):
-                log.first_token()
-            _native_usage(event, log)
-            yield event.raw
-        async for event in chunks:
-            if event is HEARTBEAT:
-                # A reasoning upstream can be silent for minutes; Codex's idle timer counts data events only.
-                yield _in_progress(response_id or "resp_pending")
-                continue
-            response_id = response_id or _response_id(event)
-            if (event.event or "").endswith(".delta"):
-                log.first_token()
-            _native_usage(event, log)
-            yield event.raw
-        finished = True
-    except ProxyError as err:
-        log.fail(err)
-        yield encode_event({"type": "response.failed", "response": {
-            "id": "resp_failed", "object": "response", "status": "failed", "output": [],
+class _NativeStream:
+    """Relays a native Responses stream as is; remembers the response id for a ``response.failed``."""
+
+    __slots__ = ("response_id",)
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+
+    async def relay(self, opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
+        chunks = opened.chunks
+        assert chunks is not None
+        try:
+            async for event in prepend(opened.first, chunks):
+                if event is HEARTBEAT:
+                    # A reasoning upstream can be silent for minutes; Codex's idle timer counts data events only.
+                    yield _in_progress(self.response_id or "resp_pending")
+                    continue
+                self.response_id = self.response_id or _response_id(event)
+                if (event.event or "").endswith(".delta"):
+                    log.first_token()
+                _native_usage(event, log)
+                yield event.raw
+        finally:
+            await chunks.aclose()
+
+    def failed(self, err: ProxyError) -> bytes:
+        return encode_event({"type": "response.failed", "response": {
+            "id": self.response_id or "resp_failed", "object": "response", "status": "failed", "output": [],
             "error": {"code": err.code or "server_error", "message": err.message}}})
-        finished = True
-    finally:
-        await chunks.aclose()
-        _close_log(log, finished, 0)
 
 
 def _response_id(event) -> str | None:

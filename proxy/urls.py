@@ -21,4 +21,6 @@ def build_app(fallback) -> ApiApp:
                           ("/responses", responses_api.responses)):
         routes[path] = routes["/v1" + path] = {"POST": handler}
     prefixes = {"/v1/models/": {"GET": views.get_model}}
-    return ApiApp(routes, prefixes, fallback)
+    # served without a router key (a valid one shows more on /health; /metrics checks its own token)
+    open_paths = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
+    return ApiApp(routes, prefixes, fallback, optional_auth=open_paths)

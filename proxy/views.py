@@ -7,17 +7,19 @@ in-memory snapshot, usage goes to the batched writer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from django.conf import settings
 
+from . import auth, body_budget, db, discovery, routing, usage
 from . import config as config_mod
-from . import db, discovery, routing, usage
 from . import state as state_mod
 from .asgi import Request, Response, StreamingResponse, json_response
+from .auth import authenticate
 from .config import RouterConfig
 from .errors import ProxyError, bad_request
+from .failures import as_proxy_error, upstream_shape
+from .parsing import parse_json, upstream_json
 from .pipeline import HEARTBEAT, open_upstream
 from .providers.openai import HOP_HEADER
 from .sse import encode
@@ -30,20 +32,14 @@ DONE = b"data: [DONE]\n\n"
 
 def presented_key(req: Request) -> str:
     """The key the client sent: ``Authorization: Bearer`` or ``x-api-key``."""
-    auth = req.headers.get("authorization", "")
-    key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    return key or req.headers.get("x-api-key", "").strip()
+    return auth.presented_key(req.headers)
 
 
 async def authorize(req: Request) -> RouterConfig:
-    config = await config_mod.current()
-    discovery.ensure_started()
-    key = presented_key(req)
-    if not key:
-        raise ProxyError(401, "Missing API key: send `Authorization: Bearer <router key>`.", code="invalid_api_key")
-    if not config.check_key(key):
-        raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return config
+    """The config snapshot for a request whose caller the front has checked (``proxy.auth``)."""
+    if req.principal is None:  # a handler called without the front (or a route whose key is optional)
+        req.principal = await authenticate(req.headers)
+    return await config_mod.current()
 
 
 def hops(req: Request) -> int:
@@ -75,15 +71,10 @@ def route(config: RouterConfig, req: Request, body: dict) -> routing.Plan:
 
 
 def parse_body(req: Request) -> dict:
-    if not req.body:
-        raise bad_request("Request body is empty; expected a JSON object.")
     try:
-        body = json.loads(req.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request(f"Request body must be a JSON object, not {type(body).__name__}.")
-    return body
+        return parse_json(req.body)
+    finally:
+        req.body_parsed()
 
 
 def require_model(body: dict) -> str:
@@ -126,23 +117,36 @@ def validate_chat(body: dict) -> None:
 
 def start_log(req: Request, endpoint: str, body: dict, *, stream: bool) -> UsageLog:
     log = UsageLog(req.request_id, endpoint, stream=stream)
-    log.key_id = "master"
+    log.key_id = req.principal.key_id if req.principal is not None else ""
     log.requested_model = str(body.get("model", ""))[:200]
     return log
 
 
 async def guarded(log: UsageLog, coro):
-    """Run a handler body; record an error row when it fails before a response exists."""
+    """Run a handler body and see its usage row written exactly once: here for a JSON answer or an
+    error, by the front (``StreamingResponse.usage``) once a stream is over."""
     try:
-        return await coro
-    except ProxyError as err:
+        response = await coro
+    except Exception as exc:
+        err = as_proxy_error(exc, log.request_id, started=False)
         log.fail(err)
         log.finish()
-        raise
+        raise err from None
     except BaseException:
         log.status, log.client_closed = 499, True
         log.finish()
         raise
+    if isinstance(response, StreamingResponse):
+        response.usage = log
+    else:
+        log.finish()
+    return response
+
+
+def estimate(log: UsageLog, seen_chars: int) -> None:
+    """No usage from the upstream (a stream cut short): about four characters a token."""
+    if log.prompt == 0 and log.completion == 0 and seen_chars > 0:
+        log.completion, log.estimated = max(1, seen_chars // 4), True
 
 
 # ---- /v1/chat/completions ------------------------------------------------------
@@ -164,29 +168,27 @@ async def _chat(req: Request, body: dict, log: UsageLog) -> Response | Streaming
     if not stream:
         raw = await opened.response.aread()
         await opened.response.aclose()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise ProxyError(502, f"{opened.adapter.provider} returned a body that is not JSON",
-                             code="bad_upstream_response") from None
-        result = opened.adapter.chat_response(data, opened.req.ctx)
-        log.add_usage(result.get("usage"))
-        for choice in result.get("choices") or ():
-            log.finish_reason(choice.get("finish_reason"))
-        log.finish()
+        with upstream_shape(opened.adapter.provider):
+            result = opened.adapter.chat_response(upstream_json(raw, opened.adapter.provider), opened.req.ctx)
+            log.add_usage(result.get("usage"))
+            for choice in result.get("choices") or ():
+                log.finish_reason(choice.get("finish_reason"))
         if opened.adapter.passthrough:
             return Response(200, raw)
         return json_response(result)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(_relay_chat(opened.first, opened.chunks, log, include_usage))
+    return StreamingResponse(_relay_chat(opened.first, opened.chunks, log, include_usage), terminal=chat_terminal)
+
+
+def chat_terminal(err: ProxyError) -> bytes:
+    return encode(err.to_dict())
 
 
 async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
                       include_usage: bool) -> AsyncIterator[bytes]:
     seen_chars = 0
-    finished = False
     try:
-        async for chunk in _prepend(first, chunks):
+        async for chunk in prepend(first, chunks):
             if chunk is HEARTBEAT:
                 continue
             if chunk.get("usage"):
@@ -201,22 +203,13 @@ async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
                 log.finish_reason(choice.get("finish_reason"))
             raw = getattr(chunk, "raw", None)
             yield raw if raw is not None else encode(chunk)
-        finished = True
         yield DONE
-    except ProxyError as err:
-        log.fail(err)
-        yield encode(err.to_dict())
     finally:
         await chunks.aclose()
-        if not finished and not log.error_type:
-            log.client_closed = True
-            log.status = 499
-        if log.prompt == 0 and log.completion == 0 and seen_chars:
-            log.completion, log.estimated = max(1, seen_chars // 4), True
-        log.finish()
+        estimate(log, seen_chars)
 
 
-async def _prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
+async def prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
     for item in first:
         yield item
     async for item in rest:
@@ -251,13 +244,10 @@ async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
     log.first_byte()
     raw = await opened.response.aread()
     await opened.response.aclose()
-    try:
-        data = opened.adapter.embeddings_response(json.loads(raw), opened.req.ctx)
-    except ValueError:
-        raise ProxyError(502, "upstream returned a body that is not JSON", code="bad_upstream_response") from None
-    u = data.get("usage") or {}
-    log.prompt = int(u.get("prompt_tokens") or u.get("total_tokens") or 0)
-    log.finish()
+    with upstream_shape(opened.adapter.provider):
+        data = opened.adapter.embeddings_response(upstream_json(raw, opened.adapter.provider), opened.req.ctx)
+        u = data.get("usage") or {}
+        log.prompt = int(u.get("prompt_tokens") or u.get("total_tokens") or 0)
     return json_response(data)
 
 
@@ -313,17 +303,15 @@ async def health(req: Request) -> Response:
     payload["credentials_enabled"] = len(config.credentials) if config else None
     payload["models"] = len(config.pools) if config else None
     payload["usage_log"] = usage.writer.stats()
+    payload["auth_failures"] = auth.failures.total
+    payload["body_budget"] = body_budget.budget.stats()
     routing_state = state_mod.get()
     routing_health = routing_state.health()
     payload["routing_state"] = {k: v for k, v in routing_health.items() if k != "redis_error"}  # names hosts
     if routing_health.get("redis") == "unreachable":
         payload["status"] = "degraded"  # still serving: limits and cooldowns are per process meanwhile
-    if config is not None:
-        try:
-            await authorize(req)
-            payload["credentials"] = sorted(config.credentials)
-            payload["routing_state"] = routing_health
-            payload["cooldowns"] = [cd.to_dict() for cd in await routing_state.acooldowns()]
-        except ProxyError:
-            pass
+    if config is not None and req.principal is not None:
+        payload["credentials"] = sorted(config.credentials)
+        payload["routing_state"] = routing_health
+        payload["cooldowns"] = [cd.to_dict() for cd in await routing_state.acooldowns()]
     return json_response(payload, 200 if db_ok else 503)

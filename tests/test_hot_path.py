@@ -20,6 +20,8 @@ from proxy.asgi import ApiApp, Response
 
 # ---- ApiApp cancellation -----------------------------------------------------------
 
+OPEN = frozenset({"/v1/x"})  # no key needed: these tests are about the front, not auth
+
 
 class Probe:
     def __init__(self) -> None:
@@ -54,7 +56,7 @@ def receiver(disconnect: asyncio.Event):
 
 async def test_client_disconnect_cancels_the_handler_quietly():
     probe, disconnect, sent = Probe(), asyncio.Event(), []
-    app = ApiApp({"/v1/x": {"POST": probe.handler}}, {}, None)
+    app = ApiApp({"/v1/x": {"POST": probe.handler}}, {}, None, optional_auth=OPEN)
 
     async def send(message):
         sent.append(message)
@@ -68,7 +70,7 @@ async def test_client_disconnect_cancels_the_handler_quietly():
 
 async def test_server_cancelling_the_app_cancels_the_handler():
     probe = Probe()
-    app = ApiApp({"/v1/x": {"POST": probe.handler}}, {}, None)
+    app = ApiApp({"/v1/x": {"POST": probe.handler}}, {}, None, optional_auth=OPEN)
 
     async def send(message):
         pass
@@ -91,7 +93,7 @@ async def test_a_finished_handler_leaves_no_task_behind():
         sent.append(message)
 
     before = len(asyncio.all_tasks())
-    await ApiApp({"/v1/x": {"POST": ok}}, {}, None)(scope(), receiver(asyncio.Event()), send)
+    await ApiApp({"/v1/x": {"POST": ok}}, {}, None, optional_auth=OPEN)(scope(), receiver(asyncio.Event()), send)
     await asyncio.sleep(0)
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert len(asyncio.all_tasks()) == before
