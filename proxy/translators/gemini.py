@@ -107,29 +107,58 @@ _STRING_FORMATS = frozenset({"enum", "date-time"})
 _MAX_REF_DEPTH = 8
 
 
-def sanitize_schema(schema, defs: Mapping | None = None, _refs: tuple[str, ...] = ()) -> dict:
+_MAX_SCHEMA_NODES = 20_000  # a real tool schema has a few hundred nodes once its $refs are inlined
+
+
+class _Expansion:
+    """How many more schema nodes inlining may produce: ``$ref`` fan-out (a definition referring
+    to the next one several times, eight levels deep) is exponential in a 2 KB schema."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = _MAX_SCHEMA_NODES
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise bad_request(f"The schema is too complex: inlining its `$ref`s gives more than {_MAX_SCHEMA_NODES} "
+                              "nodes (Gemini takes no references). Simplify it or avoid repeated references.",
+                              code="schema_too_complex")
+
+
+def sanitize_schema(schema, defs: Mapping | None = None, _refs: tuple[str, ...] = (),
+                    _budget: _Expansion | None = None) -> dict:
     """JSON Schema -> the OpenAPI subset Gemini's ``parameters``/``responseSchema`` accept (§4.5)."""
     if not isinstance(schema, dict):
         return {}
-    defs = {**(defs or {}), **schema.get("$defs", {}), **schema.get("definitions", {})}
+    budget = _budget or _Expansion()
+    budget.spend()
+    defs = defs or {}
+    if "$defs" in schema or "definitions" in schema:
+        defs = {**defs, **_mapping(schema.get("$defs")), **_mapping(schema.get("definitions"))}
     if "$ref" in schema:
-        return _sanitize_ref(schema, defs, _refs)
-    out = _sanitize_node(_flatten_all_of(schema, defs), defs, _refs)
+        return _sanitize_ref(schema, defs, _refs, budget)
+    out = _sanitize_node(_flatten_all_of(schema, defs, budget), defs, _refs, budget)
     _infer_type(out)
     _tidy(out)
     return {k: v for k, v in out.items() if k in _SCHEMA_KEYS}
 
 
-def _sanitize_ref(schema: dict, defs: Mapping, refs: tuple[str, ...]) -> dict:
+def _mapping(value) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sanitize_ref(schema: dict, defs: Mapping, refs: tuple[str, ...], budget: _Expansion) -> dict:
     name = str(schema["$ref"]).rsplit("/", 1)[-1]
     rest = {k: v for k, v in schema.items() if k != "$ref"}
-    if name in refs or name not in defs or len(refs) >= _MAX_REF_DEPTH:
+    if name in refs or not isinstance(defs.get(name), dict) or len(refs) >= _MAX_REF_DEPTH:
         # A recursive or dangling reference cannot be inlined: keep an open object.
-        return sanitize_schema({"type": "object", **rest}, defs, refs)
-    return sanitize_schema({**defs[name], **rest}, defs, (*refs, name))
+        return sanitize_schema({"type": "object", **rest}, defs, refs, budget)
+    return sanitize_schema({**defs[name], **rest}, defs, (*refs, name), budget)
 
 
-def _flatten_all_of(schema: dict, defs: Mapping, depth: int = 0) -> dict:
+def _flatten_all_of(schema: dict, defs: Mapping, budget: _Expansion, depth: int = 0) -> dict:
     """Merge ``allOf`` members (raw, so ``required`` meets the ``properties`` of a sibling member)."""
     members = schema.get("allOf")
     if not isinstance(members, list) or depth > _MAX_REF_DEPTH:
@@ -138,14 +167,15 @@ def _flatten_all_of(schema: dict, defs: Mapping, depth: int = 0) -> dict:
     for member in members:
         if not isinstance(member, dict):
             continue
+        budget.spend()
         name = str(member.get("$ref", "")).rsplit("/", 1)[-1]
-        if name in defs:
+        if isinstance(defs.get(name), dict):
             member = {**defs[name], **{k: v for k, v in member.items() if k != "$ref"}}
-        merged = _merge_schemas(merged, _flatten_all_of(member, defs, depth + 1))
+        merged = _merge_schemas(merged, _flatten_all_of(member, defs, budget, depth + 1))
     return merged
 
 
-def _sanitize_node(schema: dict, defs: Mapping, refs: tuple[str, ...]) -> dict:
+def _sanitize_node(schema: dict, defs: Mapping, refs: tuple[str, ...], budget: _Expansion) -> dict:
     out = {k: v for k, v in schema.items() if k in _SCHEMA_KEYS and k not in ("properties", "items", "anyOf")}
     _apply_type(out, schema.get("type"))
     if "const" in schema:
@@ -153,11 +183,11 @@ def _sanitize_node(schema: dict, defs: Mapping, refs: tuple[str, ...]) -> dict:
     _apply_enum(out)
     _apply_exclusive_bounds(out, schema)
     if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: sanitize_schema(v, defs, refs) for k, v in schema["properties"].items()}
-    _apply_items(out, schema, defs, refs)
+        out["properties"] = {k: sanitize_schema(v, defs, refs, budget) for k, v in schema["properties"].items()}
+    _apply_items(out, schema, defs, refs, budget)
     variants = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(variants, list):
-        out = _apply_any_of(out, variants, defs, refs)
+        out = _apply_any_of(out, variants, defs, refs, budget)
     return out
 
 
@@ -203,24 +233,24 @@ def _apply_exclusive_bounds(out: dict, schema: dict) -> None:
             out[inclusive] = value
 
 
-def _apply_items(out: dict, schema: dict, defs: Mapping, refs: tuple[str, ...]) -> None:
+def _apply_items(out: dict, schema: dict, defs: Mapping, refs: tuple[str, ...], budget: _Expansion) -> None:
     items = schema.get("items")
     if isinstance(items, list):
         items = items[0] if items else None
     if isinstance(items, dict):
-        out["items"] = sanitize_schema(items, defs, refs)
+        out["items"] = sanitize_schema(items, defs, refs, budget)
     elif out.get("type") == "array":
         # Gemini rejects an ARRAY without items; strings are the least surprising default.
         out["items"] = {"type": "string"}
 
 
-def _apply_any_of(out: dict, variants: list, defs: Mapping, refs: tuple[str, ...]) -> dict:
+def _apply_any_of(out: dict, variants: list, defs: Mapping, refs: tuple[str, ...], budget: _Expansion) -> dict:
     concrete = []
     for variant in variants:
         if isinstance(variant, dict) and variant.get("type") == "null":
             out["nullable"] = True
         else:
-            concrete.append(sanitize_schema(variant, defs, refs))
+            concrete.append(sanitize_schema(variant, defs, refs, budget))
     if len(concrete) == 1:
         return _merge_schemas(out, concrete[0])
     if concrete:
@@ -439,9 +469,13 @@ def _file_part(file: dict, param: str) -> dict:
 
 def _tools(body: dict, names: GeminiNameMap) -> list[dict]:
     declarations, native = [], []
-    for tool in body.get("tools") or []:
+    for i, tool in enumerate(body.get("tools") or []):
         if tool.get("type") == "function":
-            declarations.append(_declaration(tool.get("function") or {}, names))
+            try:
+                declarations.append(_declaration(tool.get("function") or {}, names))
+            except ProxyError as err:
+                err.param = err.param or f"tools[{i}].function.parameters"
+                raise
         elif tool.get("type") == "web_search":
             native.append({"googleSearch": {}})
     return ([{"functionDeclarations": declarations}] if declarations else []) + native[:1]
@@ -518,7 +552,11 @@ def _response_format(fmt) -> dict:
     if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
         return {}
     out: dict = {"responseMimeType": "application/json"}
-    schema = sanitize_schema((fmt.get("json_schema") or {}).get("schema"))
+    try:
+        schema = sanitize_schema((fmt.get("json_schema") or {}).get("schema"))
+    except ProxyError as err:
+        err.param = err.param or "response_format.json_schema.schema"
+        raise
     if schema and not (schema.get("type") == "object" and not schema.get("properties")):
         out["responseSchema"] = schema
     return out
