@@ -2,7 +2,8 @@
 
 ``POST .../chat/completions`` answers a fixed ~400-byte completion, or with ``"stream": true`` a
 short SSE stream written at once (role, 8 content chunks, finish, usage, ``[DONE]``). An upstream
-model id ``slow-N-MS`` streams N content chunks MS milliseconds apart instead. ``GET .../models``
+model id ``slow-N-MS`` streams N content chunks MS milliseconds apart instead; ``many-N`` writes N
+one-character content events at once (the per-event cost measurement). ``GET .../models``
 lists the ids. HTTP/1.1 with keep-alive; request bodies by Content-Length or chunked.
 
 The responses are prebuilt bytes and the body is never JSON-parsed, so the benchmark measures the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import sys
@@ -23,6 +25,7 @@ _BASE = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1
 _USAGE = {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20,
           "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 _SLOW = re.compile(rb'"model": ?"slow-(\d+)-(\d+)"')
+_MANY = re.compile(rb'"model": ?"many-(\d+)"')
 _STREAM = (b'"stream": true', b'"stream":true')
 
 
@@ -54,6 +57,16 @@ def stream_events(pieces: int) -> tuple[bytes, list[bytes], bytes]:
     middle = [chunk_event({"content": f"word{i} "}) for i in range(pieces)]
     tail = chunk_event({}, "stop") + sse({**_BASE, "choices": [], "usage": _USAGE}) + sse("[DONE]")
     return first, middle, tail
+
+
+@functools.cache
+def many_events(count: int) -> bytes:
+    """A stream of ``count`` one-character content events (an echo of a long input), all at once."""
+    first, _, tail = stream_events(0)
+    tiny = [chunk_event({"content": "x"})] * count
+    body = b"".join([first, *tiny])
+    chunks = [http_chunk(body[i:i + 65536]) for i in range(0, len(body), 65536)]
+    return response_head("200 OK", "text/event-stream") + b"".join(chunks) + http_chunk(tail) + b"0\r\n\r\n"
 
 
 def http_chunk(data: bytes) -> bytes:
@@ -150,6 +163,8 @@ class UpstreamProtocol(asyncio.Protocol):
             self.transport.write(_MODELS)
         elif method != b"POST" or not path.endswith(b"/chat/completions"):
             self.transport.write(_NOT_FOUND)
+        elif (many := _MANY.search(body)) is not None:
+            self.transport.write(many_events(int(many[1])))
         elif (slow := _SLOW.search(body)) is not None:
             self.busy = True
             asyncio.get_running_loop().create_task(self.slow_stream(int(slow[1]), int(slow[2]) / 1000))

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # full run, 2-3 minutes
     .venv/bin/python bench/run.py --quick    # under a minute
     .venv/bin/python bench/run.py --smoke    # seconds: checks the harness, the figures mean nothing
+    .venv/bin/python bench/run.py --events 175000   # only: the router's CPU per relayed stream event
 
 Processes (each its own, so CPU is attributed correctly): the fake upstream (``bench/fake_upstream.py``),
 two routers under Daphne (``daphne routerproject.asgi:application``; usage logging on and off, same
@@ -263,6 +264,17 @@ models:
   - name: bench-slow
     credential: bench_fake
     model: {slow_model(profile)}
+"""
+
+
+def events_yaml(upstream_port: int, events: int) -> str:
+    return f"""
+server:
+  master_key: {MASTER_KEY}
+credentials:
+  - {{name: bench_fake, type: openai, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: sk-bench-upstream}}
+models:
+  - {{name: bench-many, credential: bench_fake, model: many-{events}}}
 """
 
 
@@ -531,6 +543,54 @@ def start_routers(args: argparse.Namespace, procs: Procs, db: Database, profile:
     return on, off, upstream_port
 
 
+# ---- per-event cost ----------------------------------------------------------------------
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_stream(url: str, data: bytes, headers: dict[str, str]) -> tuple[float, int]:
+    """Seconds to read the whole streamed answer, and its size."""
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **headers})
+    started = time.perf_counter()
+    size = 0
+    with urllib.request.urlopen(request, timeout=300) as response:
+        while chunk := response.read(1 << 20):
+            size += len(chunk)
+    return time.perf_counter() - started, size
+
+
+def run_events(args: argparse.Namespace) -> tuple[str, dict]:
+    """One stream of ``args.events`` tiny events, direct and through a router: the router's cost per event."""
+    n, rounds = args.events, 3
+    with workspace(args) as (procs, db):
+        upstream_port = start_upstream(procs)
+        cfg = procs.tmp / "router.yaml"
+        cfg.write_text(events_yaml(upstream_port, n))
+        manage(db.url, "migrate", "--noinput", "-v0")
+        manage(db.url, "import_config", str(cfg))
+        router = start_router(procs, "router", db.url, {"ROUTER_HTTP_TRANSPORT": args.transport})
+        wait_healthy(router, procs)
+        payload = json.dumps({"model": "bench-many", "stream": True, "messages": MESSAGES}).encode()
+        direct_payload = payload.replace(b'"bench-many"', f'"many-{n}"'.encode())
+        direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        auth = {"authorization": f"Bearer {MASTER_KEY}"}
+        timed_stream(router.url + "/v1/chat/completions", payload, auth)  # warm-up (and the upstream's cache)
+        direct, through, cpu = [], [], []
+        for _ in range(rounds):
+            direct.append(timed_stream(direct_url, direct_payload, {})[0])
+            before = process_cpu_s(router.proc.pid)
+            seconds, size = timed_stream(router.url + "/v1/chat/completions", payload, auth)
+            cpu.append(process_cpu_s(router.proc.pid) - before)
+            through.append(seconds)
+    d, r, c = statistics.median(direct), statistics.median(through), statistics.median(cpu)
+    text = (f"{n} tiny events in one stream ({size / 1e6:.1f} MB relayed; median of {rounds}): "
+            f"upstream direct {d:.2f} s, through the router {r:.2f} s; "
+            f"router CPU {c:.2f} s = {c / n * 1e6:.1f} us per event")
+    return text, {"events": n, "direct_s": d, "router_s": r, "router_cpu_s": c, "router_us_per_event": c / n * 1e6}
+
+
 def run(args: argparse.Namespace) -> tuple[str, dict]:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     profile = PROFILES[mode]
@@ -570,8 +630,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp",
                         help="the routers' ROUTER_HTTP_TRANSPORT")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--events", type=int, metavar="N", default=0,
+                        help="only measure one stream of N tiny events (e.g. 175000), direct vs through the router")
     args = parser.parse_args(argv)
-    text, figures = run(args)
+    text, figures = run_events(args) if args.events else run(args)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from django.conf import settings
 
+from . import server_limits
 from .auth import Principal, authenticate, presented_key
 from .body_budget import Reservation, budget
 from .errors import ProxyError
@@ -112,6 +113,7 @@ class ApiApp:
         self.fallback = fallback
         self.optional_auth = optional_auth  # paths served without a key (a valid one shows more)
         skip_twisted_form_parsing()
+        server_limits.install()
 
     def _match(self, path: str) -> tuple[dict[str, Handler] | None, str]:
         methods = self.routes.get(path) or self.routes.get(path.rstrip("/"))

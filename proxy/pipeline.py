@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -222,7 +222,7 @@ async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stre
             await response.aclose()
     if stream:
         translator = adapter.chat_stream(req.ctx) if req.ctx is not _NATIVE else None
-        opened.chunks = _chunks(response, translator, heartbeat, adapter.provider)
+        opened.chunks = UpstreamChunks(response, translator, heartbeat, adapter.provider)
         try:
             opened.first = await _first(opened.chunks)
         except BaseException:
@@ -256,46 +256,101 @@ async def _first(chunks: AsyncIterator) -> list:
     return first
 
 
-async def _chunks(response: httpx.Response, translator: StreamTranslator | None,
-                  heartbeat: float | None, provider: str) -> AsyncIterator:
-    """Translated chunks (or raw SSE events when ``translator`` is None), HEARTBEAT on long silences.
+class UpstreamChunks:
+    """Translated chunks (or raw SSE events when there is no translator), HEARTBEAT on long silences.
 
-    An event the translator cannot make sense of, or a 200 answer that holds no event at all (an
-    HTML error page from a proxy in front of the provider), is a 502 ``bad_upstream_response``.
+    Each network read is parsed and translated at once; ``buffered`` says whether chunks are
+    already at hand, so a relay can join them into one write instead of one per event (an upstream
+    may send thousands of tiny events per read). An event the translator cannot make sense of, or
+    a 200 answer that holds no event at all (an HTML error page from a proxy in front of the
+    provider), is a 502 ``bad_upstream_response``, raised after the chunks translated before it.
     """
-    parser = SSEParser()
-    events = 0
-    async for data in _read(response, heartbeat):
-        if data is HEARTBEAT:
-            yield HEARTBEAT
-            continue
-        parsed = parser.feed(data)
-        events += len(parsed)
-        for event in parsed:
-            if translator is None:
-                yield event
-                continue
+
+    __slots__ = ("_done", "_error", "_events", "_parser", "_provider", "_reads", "_ready", "_response",
+                 "_translator")
+
+    def __init__(self, response: httpx.Response, translator: StreamTranslator | None, heartbeat: float | None,
+                 provider: str) -> None:
+        self._response = response
+        self._reads = _read(response, heartbeat)
+        self._parser = SSEParser()
+        self._translator = translator
+        self._provider = provider
+        self._ready: deque = deque()
+        self._events = 0
+        self._error: ProxyError | None = None
+        self._done = False
+
+    def __aiter__(self) -> UpstreamChunks:
+        return self
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self._ready)
+
+    async def __anext__(self):
+        ready = self._ready
+        while not ready:
+            if self._error is not None:
+                err, self._error, self._done = self._error, None, True
+                raise err
+            if self._done:
+                raise StopAsyncIteration
             try:
-                out = translator.feed(event)
-            except ProxyError:
+                await self._fill()
+            except BaseException:
+                self._done = True
                 raise
-            except Exception as exc:  # per event, not a with-block: this loop runs for every event
-                raise shape_error(provider, exc) from None
-            for chunk in out:
-                yield chunk
-    with upstream_shape(provider):
-        tail = parser.flush()
-        events += len(tail)
-        if not events:
-            kind = response.headers.get("content-type", "no content type").split(";")[0]
-            raise bad_upstream(provider, f"a {response.status_code} answer without any event ({kind})")
+        return ready.popleft()
+
+    async def aclose(self) -> None:
+        self._done = True
+        await self._reads.aclose()
+
+    async def _fill(self) -> None:
+        try:
+            data = await anext(self._reads)
+        except StopAsyncIteration:
+            self._done = True
+            self._end()
+            return
+        if data is HEARTBEAT:
+            self._ready.append(HEARTBEAT)
+            return
+        parsed = self._parser.feed(data)
+        self._events += len(parsed)
+        translator = self._translator
         if translator is None:
-            out = tail
-        else:
-            out = [chunk for event in tail for chunk in translator.feed(event)]
-            out.extend(translator.finish())
-    for item in out:
-        yield item
+            self._ready.extend(parsed)
+            return
+        ready = self._ready
+        for event in parsed:
+            try:
+                ready.extend(translator.feed(event))
+            except ProxyError as err:
+                self._error = err
+                return
+            except Exception as exc:  # no with-block: this loop runs for every event
+                self._error = shape_error(self._provider, exc)
+                return
+
+    def _end(self) -> None:
+        try:
+            with upstream_shape(self._provider):
+                tail = self._parser.flush()
+                self._events += len(tail)
+                if not self._events:
+                    kind = self._response.headers.get("content-type", "no content type").split(";")[0]
+                    raise bad_upstream(self._provider,
+                                       f"a {self._response.status_code} answer without any event ({kind})")
+                if self._translator is None:
+                    self._ready.extend(tail)
+                    return
+                for event in tail:
+                    self._ready.extend(self._translator.feed(event))
+                self._ready.extend(self._translator.finish())
+        except ProxyError as err:
+            self._error = err
 
 
 async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncIterator:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from . import auth, body_budget, db, discovery, routing, usage
+from . import auth, body_budget, db, discovery, routing, server_limits, usage
 from . import config as config_mod
 from . import state as state_mod
 from .asgi import Request, Response, StreamingResponse, json_response
@@ -187,26 +187,38 @@ def chat_terminal(err: ProxyError) -> bytes:
 async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
                       include_usage: bool) -> AsyncIterator[bytes]:
     seen_chars = 0
+    out: list[bytes] = []  # chunks already at hand go out in one write (see UpstreamChunks.buffered)
     try:
         async for chunk in prepend(first, chunks):
-            if chunk is HEARTBEAT:
-                continue
-            if chunk.get("usage"):
-                log.add_usage(chunk["usage"])
-                if not chunk.get("choices") and not include_usage:
-                    continue
-            for choice in chunk.get("choices") or ():
-                chars = _delta_chars(choice.get("delta"))
-                if chars:
-                    seen_chars += chars
-                    log.first_token()
-                log.finish_reason(choice.get("finish_reason"))
-            raw = getattr(chunk, "raw", None)
-            yield raw if raw is not None else encode(chunk)
-        yield DONE
+            if chunk is not HEARTBEAT and _relayed(chunk, log, include_usage):
+                for choice in chunk.get("choices") or ():
+                    chars = _delta_chars(choice.get("delta"))
+                    if chars:
+                        seen_chars += chars
+                        log.first_token()
+                    log.finish_reason(choice.get("finish_reason"))
+                raw = getattr(chunk, "raw", None)
+                out.append(raw if raw is not None else encode(chunk))
+            if out and not getattr(chunks, "buffered", False):
+                yield out[0] if len(out) == 1 else b"".join(out)
+                out = []
+        out.append(DONE)
+        yield b"".join(out)
+    except Exception:
+        if out:
+            yield b"".join(out)  # what came before the failure still reaches the client, then its error
+        raise
     finally:
         await chunks.aclose()
         estimate(log, seen_chars)
+
+
+def _relayed(chunk: dict, log: UsageLog, include_usage: bool) -> bool:
+    """Record the chunk's usage; False for a usage-only chunk the client did not ask for."""
+    if not chunk.get("usage"):
+        return True
+    log.add_usage(chunk["usage"])
+    return bool(chunk.get("choices")) or include_usage
 
 
 async def prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
@@ -305,6 +317,7 @@ async def health(req: Request) -> Response:
     payload["usage_log"] = usage.writer.stats()
     payload["auth_failures"] = auth.failures.total
     payload["body_budget"] = body_budget.budget.stats()
+    payload["connections"] = server_limits.stats()
     routing_state = state_mod.get()
     routing_health = routing_state.health()
     payload["routing_state"] = {k: v for k, v in routing_health.items() if k != "redis_error"}  # names hosts

@@ -157,7 +157,10 @@ ROUTER_MAX_BODY_BYTES = env_int("ROUTER_MAX_BODY_BYTES", 32 * 1024 * 1024)
 # request bodies being read and parsed at once, in bytes; past it a request waits, then gets 503
 ROUTER_BODY_BUDGET_BYTES = env_int("ROUTER_BODY_BUDGET_BYTES", 256 * 1024 * 1024)
 ROUTER_BODY_BUDGET_WAIT = env_float("ROUTER_BODY_BUDGET_WAIT", 2.0)
-ROUTER_BODY_TIMEOUT = env_float("ROUTER_BODY_TIMEOUT", 30.0)  # the whole request (headers and body) must arrive
+# slow clients (see proxy/server_limits.py): a request's headers, then its body, must arrive within these
+ROUTER_HEADER_TIMEOUT = env_float("ROUTER_HEADER_TIMEOUT", 10.0)
+ROUTER_BODY_TIMEOUT = env_float("ROUTER_BODY_TIMEOUT", 30.0)
+ROUTER_MAX_CONNECTIONS = env_int("ROUTER_MAX_CONNECTIONS", 4096)  # open client connections per process
 ROUTER_CONNECT_TIMEOUT = env_float("ROUTER_CONNECT_TIMEOUT", 10.0)
 ROUTER_FIRST_BYTE_TIMEOUT = env_float("ROUTER_FIRST_BYTE_TIMEOUT", 300.0)
 ROUTER_IDLE_TIMEOUT = env_float("ROUTER_IDLE_TIMEOUT", 300.0)

@@ -34,3 +34,11 @@ def test_smoke_run_prints_every_row(tmp_path):
     missing = [row for row in EXPECTED_ROWS if not re.search(row, out.stdout, re.MULTILINE)]
     assert not missing, f"rows missing from the output: {missing}\n{out.stdout}\n{out.stderr}"
     assert (tmp_path / "figures.json").read_text().startswith("{")
+
+
+def test_per_event_measurement_prints_its_figure():
+    out = subprocess.run([sys.executable, "bench/run.py", "--events", "2000", "--db", "sqlite"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^2000 tiny events in one stream \(.*\): upstream direct [\d.]+ s, through the router "
+                     r"[\d.]+ s; router CPU [\d.]+ s = [\d.]+ us per event$", out.stdout, re.MULTILINE), out.stdout

@@ -105,3 +105,91 @@ def test_keyless_huge_bodies_are_refused_without_parsing_them(router):
     # parsed, each body was ~900 MB of Python objects; refused unread, at most the raw bytes Daphne holds
     assert grew < 300_000, f"peak RSS grew by {grew} kB"
     assert httpx.get(router.url + "/health", timeout=10).json()["auth_failures"] == failures_before + 4
+
+
+# ---- slow clients ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_router(tmp_path_factory):
+    upstream = FakeServer(lambda req: _never()).start()
+    live = LiveRouter(config(upstream.url), tmp_path_factory.mktemp("slow"), env={
+        "ROUTER_HEADER_TIMEOUT": "2", "ROUTER_BODY_TIMEOUT": "2", "ROUTER_MAX_CONNECTIONS": "340"}).start()
+    yield live
+    live.stop()
+    upstream.stop()
+
+
+async def _never() -> Reply:
+    return Reply(status=599, json={})
+
+
+async def _slowloris(url: str, count: int, *, body: bool) -> list[float]:
+    """``count`` connections trickling a request one piece every 0.5 s; seconds until the server hung up."""
+    host, port = url.removeprefix("http://").split(":")
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+    pieces = [head[i:i + 1] for i in range(len(head))]  # a byte at a time: ~35 s for the headers
+    if body:  # headers complete at once, then a body that never completes
+        pieces = [head + b"\r\ncontent-length: 100000\r\n\r\n"] + [b"x"] * 200
+    loop = asyncio.get_running_loop()
+
+    async def one() -> float:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = loop.time()
+        try:
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                try:
+                    if await asyncio.wait_for(reader.read(4096), 0.5) == b"":
+                        break  # the server closed the connection
+                except TimeoutError:
+                    continue
+            return loop.time() - started
+        except ConnectionError:
+            return loop.time() - started
+        finally:
+            writer.close()
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("body", [False, True], ids=["slow_headers", "slow_body"])
+def test_300_slowloris_connections_are_cut_at_the_deadline_and_health_still_answers(guarded_router, body):
+    async def attack_and_check() -> tuple[list[float], int]:
+        attack = asyncio.ensure_future(_slowloris(guarded_router.url, 300, body=body))
+        await asyncio.sleep(1.0)  # all 300 connected and trickling
+        async with httpx.AsyncClient(timeout=5) as client:
+            health = await client.get(guarded_router.url + "/health")
+        return await attack, health.status_code
+
+    held, health_status = asyncio.run(attack_and_check())
+    assert health_status == 200
+    # cut at the 2 s deadline (a piece every 0.5 s: without it a connection lasts 35 s or more)
+    assert max(held) < 8, sorted(held)[-5:]
+    assert min(held) >= 1.5
+
+
+def test_connections_beyond_the_cap_are_refused_and_the_router_recovers(guarded_router):
+    async def run() -> tuple[int, int]:
+        host, port = guarded_router.url.removeprefix("http://").split(":")
+        conns = [await asyncio.open_connection(host, int(port)) for _ in range(360)]
+        await asyncio.sleep(0.5)
+        closed = 0
+        for reader, _ in conns:
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.05) == b"":
+                    closed += 1
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                closed += 1
+        for _, writer in conns:
+            writer.close()
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(timeout=5) as client:
+            return closed, (await client.get(guarded_router.url + "/health")).status_code
+
+    closed, status = asyncio.run(run())
+    assert closed >= 20  # 360 against a cap of 340 (the router's own keep-alive may hold one more)
+    assert status == 200

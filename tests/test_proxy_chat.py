@@ -294,3 +294,11 @@ async def test_config_database_down_at_first_request_is_503_not_500(app, upstrea
     res = await call(app, "POST", "/v1/chat/completions", CHAT, AUTH)
     assert res.status == 503 and res.json()["error"]["code"] == "service_unavailable"
     assert res.headers["retry-after"] == "5"
+
+
+async def test_a_burst_of_events_goes_out_in_few_writes_byte_for_byte(app, upstream):
+    frames = stream_frames([f"w{i} " for i in range(2000)])
+    await upstream(Reply(sse=["".join(frames)]))  # one write upstream: thousands of events per read
+    res = await call(app, "POST", "/v1/chat/completions", {**CHAT, "stream": True}, AUTH)
+    assert res.body == "".join(f for f in frames if f != frames[-2]).encode()  # all but the usage chunk
+    assert len(res.chunks) < 100  # joined per network read, not one write per event
