@@ -271,7 +271,10 @@ class UsageLog:
             return
         self._done = True
         self.finished_at = datetime.now(UTC)
-        self.cost = pricing_cost.of_log(self)
+        try:
+            self.cost = pricing_cost.of_log(self)
+        except Exception:  # a pricing bug must not lose the row
+            log.exception("cannot price request %s", self.request_id)
         if self.cost is None and (self.prompt or self.completion or self.images):
             writer.unpriced += 1
         record({

@@ -185,3 +185,18 @@ def test_a_fresh_database_prices_the_shipped_models_in_a_real_router(tmp_path, o
     # shipped list prices: $0.40 input, $0.10 cached input, $1.60 output per 1M tokens
     expected = 800 * D("4e-7") + 200 * D("1e-7") + 100 * D("1.6e-6")
     assert D(str(row["cost_usd"])) == expected == D("0.0005")
+
+
+def test_a_pricing_failure_never_loses_the_row(monkeypatch):
+    from pricing import cost
+
+    def broken(log):
+        raise ArithmeticError("bug")
+
+    recorded: list[dict] = []
+    monkeypatch.setattr(cost, "of_log", broken)
+    monkeypatch.setattr(usage, "record", recorded.append)
+    log = usage.UsageLog("req_1", "chat.completions")
+    log.prompt = 5
+    log.finish()
+    assert recorded[0]["request_id"] == "req_1" and recorded[0]["cost_usd"] is None
