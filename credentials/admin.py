@@ -74,8 +74,8 @@ class ModelAliasAdmin(admin.ModelAdmin):
 @admin.register(RouterSettings)
 class RouterSettingsAdmin(admin.ModelAdmin):
     form = RouterSettingsForm
-    fields = ("master_key_status", "new_master_key", "fail2ban", "config_version")
-    readonly_fields = ("master_key_status", "config_version")
+    fields = ("master_key_status", "new_master_key", "fail2ban", "model_prices_link", "config_version")
+    readonly_fields = ("master_key_status", "model_prices_link", "config_version")
     list_display = ("__str__", "master_key_status", "config_version")
 
     @admin.display(description="master key")

@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from pricing.models import Price
 from proxy import usage
 from tests.asgi_client import call
-from tests.chat_helpers import chat, chunks_of, rows, user
+from tests.chat_helpers import chat, chunks_of, responses, rows, user
 from tests.conftest import add_credential
 from tests.fakes import gemini as g
 from tests.fakes.anthropic import AnthropicFake, Turn, text
@@ -88,6 +88,23 @@ async def test_anthropic_row_prices_cache_reads_and_5m_and_1h_writes_apart(app, 
             row.completion_tokens) == (2850, 2000, 300, 500, 120)
     expected = 50 * D("3e-6") + 2000 * D("3e-7") + 300 * D("3.75e-6") + 500 * D("6e-6") + 120 * D("1.5e-5")
     assert row.cost_usd == expected == D("0.006675")
+
+
+async def test_codex_responses_on_anthropic_are_priced_the_same_way(app, router_db, prices, servers):
+    await prices(**{"gpt-5.5-claude": {
+        "input_cost_per_token": D("3e-6"), "output_cost_per_token": D("1.5e-5"),
+        "cache_read_input_token_cost": D("3e-7"), "cache_creation_input_token_cost": D("3.75e-6"),
+        "cache_creation_input_token_cost_above_1hr": D("6e-6")}})
+    fake = AnthropicFake([Turn([text("Done.")], usage=ANTHROPIC_USAGE)], api_key="sk-ant")
+    servers.append(server := FakeServer(fake.handler).start())
+    await sync_to_async(add_credential)("anthropic_main", "anthropic", models={"gpt-5.5-claude": "claude-sonnet-4-6"},
+                                        api_key="sk-ant", base_url=server.url)
+    final = await responses(app, {"model": "gpt-5.5-claude", "input": "Hi", "stream": True})
+    assert final["usage"]["input_tokens"] == 2850
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 2000, "cache_write_tokens": 800}
+    [row] = await rows()
+    assert (row.endpoint, row.cache_write_5m_tokens, row.cache_write_1h_tokens) == ("responses", 300, 500)
+    assert row.cost_usd == D("0.006675")
 
 
 async def test_gemini_row_prices_thoughts_as_reasoning(app, router_db, prices):

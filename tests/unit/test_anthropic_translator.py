@@ -715,7 +715,17 @@ def test_finish_reasons(stop_reason, finish):
         "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 300}}),
     (None, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}),
-], ids=["cache", "plain", "thinking-tokens", "missing"])
+    ({"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 80,
+      "cache_creation": {"ephemeral_5m_input_tokens": 30, "ephemeral_1h_input_tokens": 50}}, {
+        "prompt_tokens": 190, "completion_tokens": 5, "total_tokens": 195,
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 80, "cache_write_1h_tokens": 50},
+        "completion_tokens_details": {"reasoning_tokens": 0}}),
+    ({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 80,
+      "cache_creation": {"ephemeral_5m_input_tokens": 80, "ephemeral_1h_input_tokens": 0}}, {
+        "prompt_tokens": 90, "completion_tokens": 5, "total_tokens": 95,
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 80},
+        "completion_tokens_details": {"reasoning_tokens": 0}}),
+], ids=["cache", "plain", "thinking-tokens", "missing", "cache-1h-writes", "cache-5m-writes-only"])
 def test_usage(usage, expected):
     out = anthropic_to_chat({"content": [], "usage": usage}, ctx())
     assert out["usage"] == expected

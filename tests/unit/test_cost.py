@@ -124,3 +124,12 @@ def test_estimate_reserves_all_input_uncached_and_the_full_output_allowance(publ
     assert estimate("gpt-4o", "gpt-4o-2024-08-06", 1000, 500) == 1000 * D("2.5e-6") + 500 * D("1e-5")
     assert estimate("alias-of-nothing", "claude-sonnet-4-6", 300_000, 10) == 300_000 * D("6e-6") + 10 * D("2.25e-5")
     assert estimate("unknown", "", 1000, 1000) is None
+
+
+def test_native_responses_usage_keeps_cache_writes_for_the_row():
+    from proxy.responses_api import chat_usage_from_responses
+
+    usage = chat_usage_from_responses({"input_tokens": 100, "output_tokens": 20,
+                                       "input_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 30},
+                                       "output_tokens_details": {"reasoning_tokens": 5}})
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 60, "cache_write_tokens": 30}
