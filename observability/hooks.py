@@ -21,8 +21,11 @@ def install() -> None:
     _installed = True
     from proxy import asgi, pipeline, usage
 
-    from . import tracing
+    from . import rollups, tracing
 
+    hooks = getattr(usage, "batch_hooks", None)
+    if hooks is not None and rollups.add_rows not in hooks:
+        hooks.append(rollups.add_rows)
     if settings.ROUTER_METRICS:
         from . import metrics
 

@@ -187,6 +187,10 @@ ROUTER_MEDIA_ALLOW_PRIVATE = env_bool("ROUTER_MEDIA_ALLOW_PRIVATE")
 ROUTER_METRICS = env_bool("ROUTER_METRICS", True)
 ROUTER_METRICS_TOKEN = os.environ.get("ROUTER_METRICS_TOKEN") or None
 ROUTER_METRICS_PUBLIC = env_bool("ROUTER_METRICS_PUBLIC")  # serve /metrics without a token (a private network)
+# Retention (0 keeps forever): raw usage rows, and the hourly rollups the dashboard reads.
+ROUTER_USAGE_RETENTION_DAYS = env_int("ROUTER_USAGE_RETENTION_DAYS", 0)
+ROUTER_ROLLUP_RETENTION_DAYS = env_int("ROUTER_ROLLUP_RETENTION_DAYS", 0)
+ROUTER_RETENTION_INTERVAL_SECONDS = env_float("ROUTER_RETENTION_INTERVAL_SECONDS", 3600.0)
 
 LOGGING = {
     "version": 1,

@@ -4,6 +4,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from tests.browser import browser  # noqa: F401  (a fixture: headless Chromium for admin pages)
+
 
 @pytest.fixture(autouse=True)
 async def _close_thread_connections():

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from django.db import models
+
+#: upper bounds (ms) of the latency and time-to-first-byte histogram buckets; the last is open
+BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000, float("inf"))
+DIMENSIONS = ("hour", "key_id", "team_id", "requested_model", "resolved_model", "credential", "provider",
+              "endpoint", "status_class")
+SUMS = ("requests", "streams", "client_closed", "prompt_tokens", "cached_tokens", "cache_write_tokens",
+        "completion_tokens", "reasoning_tokens", "priced_requests", "cost_usd", "latency_ms_sum", "ttfb_ms_sum",
+        "ttfb_count")
+LATENCY_BUCKETS = tuple(f"lat_{i}" for i in range(len(BUCKETS_MS)))
+TTFB_BUCKETS = tuple(f"ttfb_{i}" for i in range(len(BUCKETS_MS)))
+
+
+class UsageHourly(models.Model):
+    """Usage rows summed per hour and dimension set, written with the rows (``observability.rollups``).
+
+    The dashboard reads only this table: a month is a few thousand rows however many requests it had.
+    """
+
+    hour = models.DateTimeField()
+    key_id = models.CharField(max_length=64, blank=True, default="")
+    team_id = models.CharField(max_length=64, blank=True, default="")
+    requested_model = models.CharField(max_length=200, blank=True, default="")
+    resolved_model = models.CharField(max_length=200, blank=True, default="")
+    credential = models.CharField(max_length=100, blank=True, default="")
+    provider = models.CharField(max_length=20, blank=True, default="")
+    endpoint = models.CharField(max_length=64, blank=True, default="")
+    status_class = models.CharField(max_length=3)
+
+    requests = models.BigIntegerField(default=0)
+    streams = models.BigIntegerField(default=0)
+    client_closed = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    priced_requests = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    ttfb_ms_sum = models.FloatField(default=0)
+    ttfb_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "usage per hour"
+        constraints = [models.UniqueConstraint(fields=DIMENSIONS, name="usage_hourly_dimensions")]
+        indexes = [models.Index(fields=["hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.requested_model} {self.status_class}"
+
+
+for _name in (*LATENCY_BUCKETS, *TTFB_BUCKETS):
+    UsageHourly.add_to_class(_name, models.BigIntegerField(default=0))
+
+
+class Dashboard(UsageHourly):
+    """No table: the admin dashboard page hangs off this proxy model (index entry, permissions)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = verbose_name_plural = "dashboard"
