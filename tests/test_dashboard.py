@@ -40,6 +40,8 @@ def make_rows(n: int, seed: int = 7) -> list[dict]:
             "cached_tokens": rng.randrange(0, 50),
             "completion_tokens": rng.randrange(0, 800), "reasoning_tokens": rng.randrange(0, 20),
             "ttfb_ms": ttfb, "latency_ms": (ttfb or 0) + rng.uniform(1, 20000), "client_closed": rng.random() < 0.05,
+            "cost_usd": None if model.startswith("gemini") else Decimal(rng.randrange(0, 10**6)) / 10**8,
+            "cache_write_5m_tokens": rng.randrange(0, 30), "cache_write_1h_tokens": rng.randrange(0, 5),
         })
     return rows
 
@@ -105,6 +107,10 @@ def test_dashboard_figures_equal_sql_over_raw_rows(written):
     sums = raw.aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"), k=Sum("cached_tokens"))
     assert (totals["tokens"]["input"], totals["tokens"]["output"], totals["tokens"]["cached"]) == (
         sums["p"], sums["c"], sums["k"])
+    money = raw.aggregate(cost=Sum("cost_usd"), w5=Sum("cache_write_5m_tokens"), w1=Sum("cache_write_1h_tokens"))
+    assert totals["cost"] == pytest.approx(money["cost"], abs=Decimal("1e-9"))
+    assert totals["unpriced"] == raw.filter(cost_usd__isnull=True).count() > 0
+    assert totals["tokens"]["cache writes"] == money["w5"] + money["w1"]
 
     # percentiles from the buckets land in the bucket of the exact percentile
     latencies = sorted(raw.values_list("latency_ms", flat=True))
