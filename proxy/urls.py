@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import responses_api, views
+from . import images_api, responses_api, views
 from .asgi import ApiApp
 
 
@@ -18,7 +18,8 @@ def build_app(fallback) -> ApiApp:
         "/models": {"GET": views.list_models},
     }
     for path, handler in (("/chat/completions", views.chat_completions), ("/embeddings", views.embeddings),
-                          ("/responses", responses_api.responses)):
+                          ("/responses", responses_api.responses), ("/images/generations", images_api.generations),
+                          ("/images/edits", images_api.edits)):
         routes[path] = routes["/v1" + path] = {"POST": handler}
     prefixes = {"/v1/models/": {"GET": views.get_model}}
     # served without a router key (a valid one shows more on /health; /metrics checks its own token)

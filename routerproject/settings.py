@@ -191,6 +191,9 @@ ROUTER_METRICS_PUBLIC = env_bool("ROUTER_METRICS_PUBLIC")  # serve /metrics with
 ROUTER_USAGE_RETENTION_DAYS = env_int("ROUTER_USAGE_RETENTION_DAYS", 0)
 ROUTER_ROLLUP_RETENTION_DAYS = env_int("ROUTER_ROLLUP_RETENTION_DAYS", 0)
 ROUTER_RETENTION_INTERVAL_SECONDS = env_float("ROUTER_RETENTION_INTERVAL_SECONDS", 3600.0)
+# /v1/images/edits uploads: the size of each image (and mask) and how many images one request may carry.
+ROUTER_IMAGE_MAX_BYTES = env_int("ROUTER_IMAGE_MAX_BYTES", 20 * 1024 * 1024)
+ROUTER_IMAGE_MAX_FILES = env_int("ROUTER_IMAGE_MAX_FILES", 16)
 
 LOGGING = {
     "version": 1,

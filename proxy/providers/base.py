@@ -4,7 +4,8 @@ An adapter turns the internal (Chat Completions) request into an
 ``UpstreamRequest`` for one deployment, and the provider's answer back:
 a full response (``chat_response``), a stream (``chat_stream`` returns a
 translator with ``feed(SSEEvent) -> list[chunk]`` and ``finish()``), or an
-error (``error``). The translation itself lives in ``proxy.translators``
+error (``error``); embeddings and images (``images_request`` / ``images_response``)
+go the same way. The translation itself lives in ``proxy.translators``
 (pure functions); adapters only add URLs, auth and headers.
 """
 
@@ -20,6 +21,7 @@ from .. import http
 from ..config import CredentialConfig, Deployment
 from ..errors import ProxyError
 from ..sse import SSEEvent
+from ..translators.images import ImageRequest
 
 
 @dataclass(slots=True)
@@ -34,6 +36,8 @@ class UpstreamRequest:
     #: re-authenticate or re-translate once (Vertex after a 401, Gemini after a bad thought signature)
     dep: Deployment | None = None
     source: dict | None = None
+    #: multipart uploads (``body`` then holds the form's text fields): (field, (filename, bytes, type))
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
 
 
 class StreamTranslator(Protocol):
@@ -59,7 +63,10 @@ class Adapter:
     async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
         """Send and return once the status and headers are in (the body is read by the caller)."""
         client = http.client()
-        request = client.build_request(req.method, req.url, json=req.body, headers=headers)
+        if req.files is not None:
+            request = client.build_request(req.method, req.url, data=req.body, files=req.files, headers=headers)
+        else:
+            request = client.build_request(req.method, req.url, json=req.body, headers=headers)
         return await client.send(request, stream=True)
 
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
@@ -79,6 +86,14 @@ class Adapter:
                          param="model", code="unsupported_model")
 
     def embeddings_response(self, data: dict, ctx: Any) -> dict:
+        return data
+
+    def images_request(self, dep: Deployment, req: ImageRequest, *, stream: bool) -> UpstreamRequest:
+        """``/v1/images/generations`` or ``/edits`` (``req.edit``); ``stream`` only for native relays."""
+        raise ProxyError(400, f"model {dep.name!r} ({self.provider}) does not generate images",
+                         param="model", code="unsupported_model")
+
+    def images_response(self, data: dict, ctx: Any) -> dict:
         return data
 
     def on_auth_failure(self, cred: CredentialConfig) -> None:

@@ -11,7 +11,8 @@ they run in ``send`` (for both AI Studio and Vertex Gemini):
 * a 400 "invalid/corrupted thought signature" (a signature minted by another model or
   project, e.g. after a failover) is retried once with the signatures replaced by the
   documented dummy value;
-* embeddings are split into batches the endpoint accepts, sent concurrently and merged.
+* embeddings are split into batches the endpoint accepts, sent concurrently and merged;
+  so are Gemini image requests for several images (one image per call).
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ from ..translators.gemini import (
     gemini_error,
     gemini_to_chat,
     gemini_url,
+)
+from ..translators.images import (
+    GeminiImageContext,
+    ImagenContext,
+    ImageRequest,
+    gemini_image_request,
+    gemini_image_response,
+    image_family,
+    imagen_edit_model,
+    imagen_request,
+    imagen_response,
+    merge_gemini_responses,
 )
 from .base import Adapter, UpstreamRequest
 
@@ -189,11 +202,11 @@ def _merge(datas: list[dict], key: str) -> dict:
     return merged
 
 
-async def send_embeddings(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
-    """One request per batch (at most ``EMBED_CONCURRENCY`` at once), merged into one answer in input order."""
-    ctx: EmbeddingBatches = req.ctx
-    if len(ctx.bodies) == 1:
-        return await post(req, headers)
+async def send_batches(post: Post, req: UpstreamRequest, headers: dict[str, str], bodies: list[dict],
+                       merge: Callable[[list[dict]], dict]) -> httpx.Response:
+    """One request per body (at most ``EMBED_CONCURRENCY`` at once), merged into one answer in order."""
+    if len(bodies) == 1:
+        return await post(dataclasses.replace(req, body=bodies[0]), headers)
     limit = asyncio.Semaphore(EMBED_CONCURRENCY)
 
     async def one(body: dict) -> httpx.Response:
@@ -205,7 +218,7 @@ async def send_embeddings(post: Post, req: UpstreamRequest, headers: dict[str, s
                 await response.aclose()
             return response
 
-    results = await asyncio.gather(*(one(b) for b in ctx.bodies), return_exceptions=True)
+    results = await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -214,7 +227,7 @@ async def send_embeddings(post: Post, req: UpstreamRequest, headers: dict[str, s
     if failed is not None:
         return failed
     try:
-        merged = _merge([r.json() for r in responses], ctx.key)
+        merged = merge([r.json() for r in responses])
     except ValueError:
         raise ProxyError(502, "upstream returned a body that is not JSON", code="bad_upstream_response") from None
     return httpx.Response(200, json=merged, request=responses[0].request)
@@ -224,9 +237,31 @@ async def send_google(post: Post, req: UpstreamRequest, headers: dict[str, str])
     """``send`` for Google's APIs (AI Studio and Vertex Gemini): the I/O steps above, by request kind."""
     if isinstance(req.ctx, GeminiContext):
         return await send_generate(post, req, headers)
-    if isinstance(req.ctx, EmbeddingBatches):
-        return await send_embeddings(post, req, headers)
+    ctx = req.ctx
+    if isinstance(ctx, EmbeddingBatches):
+        return await send_batches(post, req, headers, ctx.bodies, lambda datas: _merge(datas, ctx.key))
+    if isinstance(ctx, GeminiImageContext):
+        return await send_batches(post, req, headers, [req.body] * ctx.n, merge_gemini_responses)
     return await post(req, headers)
+
+
+def google_images_request(req: ImageRequest, model: str) -> tuple[str, dict, object]:
+    """(``:action``, body, context) of an image request to a Google model that draws."""
+    family = image_family(model)
+    if family == "imagen":
+        body, ctx = imagen_request(req, imagen_edit_model(model) if req.edit else model)
+        return "predict", body, ctx
+    if family == "gemini":
+        body, gctx = gemini_image_request(req, model)
+        return "generateContent", body, gctx
+    raise ProxyError(400, f"model {req.model!r} ({model}) does not generate images: Google's image models are "
+                     "imagen-* and gemini-*-image*", param="model", code="unsupported_model")
+
+
+def google_images_response(data: dict, ctx: object) -> dict:
+    if isinstance(ctx, ImagenContext):
+        return imagen_response(data, ctx)
+    return gemini_image_response(data, ctx)  # type: ignore[arg-type]
 
 
 # ---- the adapter ----------------------------------------------------------------------
@@ -267,3 +302,16 @@ class GeminiAdapter(Adapter):
 
     def embeddings_response(self, data: dict, ctx: EmbeddingBatches) -> dict:
         return gemini_embeddings_to_openai(data, ctx.model, encoding_format=ctx.encoding_format)
+
+    def images_request(self, dep: Deployment, req: ImageRequest, *, stream: bool) -> UpstreamRequest:
+        model = dep.upstream_model
+        if req.edit and image_family(model) == "imagen":
+            raise ProxyError(400, f"model {req.model!r}: Imagen edits are served by Vertex AI credentials only, not "
+                             "AI Studio; use a Gemini image model or a vertex-ai credential.", param="model",
+                             code="unsupported_model")
+        action, body, ctx = google_images_request(req, model)
+        url = gemini_url(dep.credential.base_url, model, False, action=action)
+        return UpstreamRequest(url, body, self.headers(dep), ctx=ctx, dep=dep)
+
+    def images_response(self, data: dict, ctx: object) -> dict:
+        return google_images_response(data, ctx)

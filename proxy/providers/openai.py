@@ -10,6 +10,7 @@ from ..config import CredentialConfig, Deployment
 from ..errors import ProxyError, classify_upstream_error
 from ..sse import SSEEvent
 from ..translators.common import split_thought
+from ..translators.images import ImageFile, ImageRequest
 from .base import Adapter, RawChunk, UpstreamRequest, join_url
 
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -110,11 +111,32 @@ class OpenAIAdapter(Adapter):
         return UpstreamRequest(join_url(self.base_url(dep.credential), "/embeddings"),
                                {**body, "model": dep.upstream_model}, self.headers(dep.credential))
 
+    def images_request(self, dep: Deployment, req: ImageRequest, *, stream: bool) -> UpstreamRequest:
+        """Relayed as sent (JSON, or the multipart form of edits) with the upstream model name."""
+        fields = {k: v for k, v in req.fields.items() if stream or k not in ("stream", "partial_images")}
+        fields["model"] = dep.upstream_model
+        headers = self.headers(dep.credential)
+        if not req.edit:
+            return UpstreamRequest(join_url(self.base_url(dep.credential), "/images/generations"), fields, headers,
+                                   stream)
+        headers.pop("content-type")  # httpx sets multipart/form-data with its boundary
+        name = "image[]" if len(req.images) > 1 else "image"
+        files = [(name, _upload(f, "image.png")) for f in req.images]
+        if req.mask is not None:
+            files.append(("mask", _upload(req.mask, "mask.png")))
+        form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items() if v is not None}
+        return UpstreamRequest(join_url(self.base_url(dep.credential), "/images/edits"), form, headers, stream,
+                               files=files)
+
     def responses_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         """Native ``/v1/responses`` for upstreams that speak it: only the model is rewritten."""
         return UpstreamRequest(join_url(self.base_url(dep.credential), "/responses"),
                                {**body, "model": dep.upstream_model}, self.headers(dep.credential),
                                bool(body.get("stream")))
+
+
+def _upload(file: ImageFile, default_name: str) -> tuple[str, bytes, str]:
+    return file.filename or default_name, file.data, file.content_type or "application/octet-stream"
 
 
 class ProxyAdapter(OpenAIAdapter):

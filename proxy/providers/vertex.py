@@ -33,8 +33,9 @@ from ..translators.gemini import (
     vertex_embeddings_to_openai,
     vertex_url,
 )
+from ..translators.images import ImagenContext, ImageRequest, imagen_edit_model
 from .base import Adapter, StreamTranslator, UpstreamRequest
-from .gemini import EMBED_BATCH, EmbeddingBatches, batched, send_google
+from .gemini import EMBED_BATCH, EmbeddingBatches, batched, google_images_request, google_images_response, send_google
 from .google_token import TokenCache
 
 log = logging.getLogger(__name__)
@@ -136,3 +137,16 @@ class VertexAdapter(Adapter):
 
     def embeddings_response(self, data: dict, ctx: EmbeddingBatches) -> dict:
         return vertex_embeddings_to_openai(data, ctx.model, encoding_format=ctx.encoding_format)
+
+    def images_request(self, dep: Deployment, req: ImageRequest, *, stream: bool) -> UpstreamRequest:
+        if is_claude(dep.upstream_model):
+            return super().images_request(dep, req, stream=stream)
+        action, body, ctx = google_images_request(req, dep.upstream_model)
+        edit_model = imagen_edit_model(dep.upstream_model) if isinstance(ctx, ImagenContext) and req.edit else None
+        cred = dep.credential
+        url = (vertex_url(cred.base_url or None, project_of(cred), cred.location or DEFAULT_LOCATION, "google",
+                          edit_model, action) if edit_model else self._url(dep, "google", action))
+        return UpstreamRequest(url, body, self._headers(dep), ctx=ctx, dep=dep)
+
+    def images_response(self, data: dict, ctx: Any) -> dict:
+        return google_images_response(data, ctx)

@@ -5,7 +5,9 @@
 * AI Studio ``/v1beta/models/{m}:generateContent | :streamGenerateContent[?alt=sse] | :batchEmbedContents``
   (``x-goog-api-key`` required);
 * Vertex ``/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent |
-  :streamGenerateContent | :predict`` (``Authorization: Bearer`` issued by a ``FakeOAuth``).
+  :streamGenerateContent | :predict`` (``Authorization: Bearer`` issued by a ``FakeOAuth``);
+* Imagen ``imagen-*:predict`` on both (``validate_imagen``: generation models and the
+  capability model's reference images and edit modes), drawing small PNGs.
 
 Requests are checked like the real API (``validate_generate_content``, usable
 directly in unit tests) and rejected with Google's 400 JSON. Each generate
@@ -34,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from .images import b64png
 from .server import FakeProvider, Recorded, Reply
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
@@ -161,7 +164,10 @@ _DECLARATION_KEYS = frozenset({"name", "description", "parameters", "parametersJ
 _GENERATION_KEYS = frozenset({"maxOutputTokens", "temperature", "topP", "topK", "stopSequences", "candidateCount",
                               "seed", "presencePenalty", "frequencyPenalty", "responseMimeType", "responseSchema",
                               "responseJsonSchema", "thinkingConfig", "responseLogprobs", "logprobs",
-                              "responseModalities", "mediaResolution"})
+                              "responseModalities", "mediaResolution", "imageConfig"})
+_MODALITIES = frozenset({"TEXT", "IMAGE", "AUDIO"})
+_IMAGE_CONFIG = {"aspectRatio": frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"}),
+                 "imageSize": frozenset({"1K", "2K", "4K"})}
 _THINKING_KEYS = frozenset({"includeThoughts", "thinkingBudget", "thinkingLevel"})
 _THINKING_LEVELS = frozenset({"MINIMAL", "LOW", "MEDIUM", "HIGH"})
 _MODES = frozenset({"AUTO", "ANY", "NONE", "VALIDATED"})
@@ -453,6 +459,15 @@ def _check_generation_config(config, errors: list[str]) -> None:
     stop = config.get("stopSequences")
     if stop is not None and (not isinstance(stop, list) or len(stop) > 5):
         errors.append("* GenerateContentRequest.generation_config.stop_sequences: at most 5 stop sequences")
+    modalities = config.get("responseModalities")
+    if modalities is not None and (not isinstance(modalities, list) or set(modalities) - _MODALITIES):
+        errors.append(f"Invalid value at 'generation_config.response_modalities': {modalities!r}")
+    image_config = config.get("imageConfig")
+    if image_config is not None:
+        _unknown(errors, image_config, frozenset(_IMAGE_CONFIG), "generation_config.image_config")
+        for key, allowed in _IMAGE_CONFIG.items():
+            if key in image_config and image_config[key] not in allowed:
+                errors.append(f"Invalid value at 'generation_config.image_config.{key}': {image_config[key]!r}")
     thinking = config.get("thinkingConfig")
     if thinking is not None:
         _unknown(errors, thinking, _THINKING_KEYS, "generation_config.thinking_config")
@@ -493,6 +508,90 @@ def validate_predict(body: dict) -> list[str]:
     return errors
 
 
+_IMAGEN_PARAMETERS = frozenset({"sampleCount", "aspectRatio", "sampleImageSize", "outputOptions", "includeRaiReason",
+                                "safetySetting", "personGeneration", "negativePrompt", "seed", "addWatermark",
+                                "enhancePrompt", "language", "guidanceScale", "includeSafetyAttributes", "editMode",
+                                "baseSteps", "storageUri"})
+_IMAGEN_RATIOS = frozenset({"1:1", "3:4", "4:3", "9:16", "16:9"})
+_EDIT_MODES = frozenset({"EDIT_MODE_DEFAULT", "EDIT_MODE_INPAINT_REMOVAL", "EDIT_MODE_INPAINT_INSERTION",
+                         "EDIT_MODE_OUTPAINT", "EDIT_MODE_CONTROLLED_EDITING", "EDIT_MODE_STYLE", "EDIT_MODE_BGSWAP",
+                         "EDIT_MODE_PRODUCT_IMAGE"})
+_MASK_MODES = frozenset({"MASK_MODE_USER_PROVIDED", "MASK_MODE_BACKGROUND", "MASK_MODE_FOREGROUND",
+                         "MASK_MODE_SEMANTIC"})
+
+
+def validate_imagen(body: dict, model: str) -> list[str]:
+    """Imagen ``:predict``: generation models take a prompt; the capability model also takes reference images."""
+    errors: list[str] = []
+    instances = body.get("instances") if isinstance(body, dict) else None
+    if not isinstance(instances, list) or len(instances) != 1:
+        return ["instances must hold exactly one instance"]
+    edit = "capability" in model
+    instance = instances[0]
+    _unknown(errors, instance, frozenset({"prompt", "referenceImages"} if edit else {"prompt"}), "instances[0]")
+    if not isinstance(instance.get("prompt"), str) or not instance["prompt"]:
+        errors.append("instances[0].prompt must be a non-empty string")
+    params = body.get("parameters") or {}
+    _unknown(errors, params, _IMAGEN_PARAMETERS, "parameters")
+    count = params.get("sampleCount", 1)
+    if not isinstance(count, int) or not 1 <= count <= 4:
+        errors.append("parameters.sampleCount must be from 1 to 4")
+    if "aspectRatio" in params and params["aspectRatio"] not in _IMAGEN_RATIOS:
+        errors.append(f"Unsupported aspect ratio {params['aspectRatio']!r}")
+    mime = (params.get("outputOptions") or {}).get("mimeType")
+    if mime is not None and mime not in ("image/png", "image/jpeg"):
+        errors.append(f"Unsupported output mime type {mime!r}")
+    if edit:
+        errors += _check_references(instance.get("referenceImages"), params.get("editMode"))
+    elif "editMode" in params:
+        errors.append(f"editMode is not supported by {model}")
+    return errors
+
+
+def _check_references(refs, edit_mode) -> list[str]:
+    if edit_mode not in _EDIT_MODES:
+        return [f"parameters.editMode {edit_mode!r} is not valid"]
+    if not isinstance(refs, list) or not refs:
+        return ["instances[0].referenceImages must not be empty"]
+    errors = []
+    kinds = [r.get("referenceType") for r in refs]
+    if kinds.count("REFERENCE_TYPE_RAW") != 1:
+        errors.append("exactly one REFERENCE_TYPE_RAW reference image is required")
+    for i, ref in enumerate(refs):
+        _unknown(errors, ref, frozenset({"referenceType", "referenceId", "referenceImage", "maskImageConfig"}),
+                 f"referenceImages[{i}]")
+        image = (ref.get("referenceImage") or {}).get("bytesBase64Encoded")
+        if image is not None:
+            try:
+                base64.b64decode(image, validate=True)
+            except ValueError:
+                errors.append(f"referenceImages[{i}].referenceImage: Base64 decoding failed")
+        if ref.get("referenceType") == "REFERENCE_TYPE_MASK":
+            mode = (ref.get("maskImageConfig") or {}).get("maskMode")
+            if mode not in _MASK_MODES:
+                errors.append(f"referenceImages[{i}].maskImageConfig.maskMode {mode!r} is not valid")
+            if (mode == "MASK_MODE_USER_PROVIDED") != (image is not None):
+                errors.append(f"referenceImages[{i}]: a user-provided mask needs an image, other modes none")
+        elif image is None:
+            errors.append(f"referenceImages[{i}].referenceImage.bytesBase64Encoded is required")
+    return errors
+
+
+def imagen_predictions(body: dict) -> dict:
+    params = body.get("parameters") or {}
+    mime = (params.get("outputOptions") or {}).get("mimeType", "image/png")
+    return {"predictions": [{"bytesBase64Encoded": b64png(color=(0, 10 * i, 200)), "mimeType": mime}
+                            for i in range(params.get("sampleCount", 1))]}
+
+
+def image(data_b64: str, mime: str = "image/png", *, thought_image: bool = False) -> dict:
+    """A drawn image part of a Gemini image model's answer."""
+    part: dict = {"inlineData": {"mimeType": mime, "data": data_b64}}
+    if thought_image:
+        part["thought"] = True
+    return part
+
+
 def fake_vector(text_value: str, dims: int = 8) -> list[float]:
     """Deterministic unit-ish vector for a text."""
     seed = hashlib.sha256(text_value.encode()).digest() * (dims // 8 + 1)
@@ -513,6 +612,7 @@ class GeminiFake(FakeProvider):
         self.model_version = model_version
         self.signatures: set[str] = set()
         self.rejections: list[list[str]] = []
+        self.image_bodies: list[dict] = []  # Imagen :predict bodies
         super().__init__()
 
     # lifecycle
@@ -603,6 +703,9 @@ class GeminiFake(FakeProvider):
         action = match["action"]
         if action in ("generateContent", "streamGenerateContent"):
             return self._generate(body, vertex, action == "streamGenerateContent", req.query.get("alt") == "sse")
+        if action == "predict" and match["model"].startswith("imagen"):
+            self.image_bodies.append(body)
+            return self._embed(validate_imagen(body, match["model"]), lambda: imagen_predictions(body))
         if action == "batchEmbedContents" and not vertex:
             return self._embed(validate_batch_embed(body, match["model"]), lambda: _studio_embeddings(body))
         if action == "predict" and vertex:
