@@ -35,7 +35,7 @@ from .translators.images import (
     openai_mask_to_imagen,
 )
 from .usage import UsageLog
-from .views import authorize, guarded, parse_body, route, start_log
+from .views import authorize, guarded, parse_body, route, start_log, upstream_json
 
 
 async def generations(req: Request) -> Response | StreamingResponse:
@@ -95,12 +95,7 @@ async def _serve(req: Request, log: UsageLog, parse: Callable[[], ImageRequest])
     log.first_byte()
     if relay:
         return StreamingResponse(_relay(opened, log))
-    raw = await opened.response.aread()
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ProxyError(502, f"{opened.adapter.provider} returned a body that is not JSON",
-                         code="bad_upstream_response") from None
+    raw, data = await upstream_json(opened)
     result = opened.adapter.images_response(data, opened.req.ctx)
     log.images = len(result.get("data") or [])
     log.add_usage(chat_usage_from_images(result.get("usage")))
