@@ -76,6 +76,7 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
             log.add_usage(chunk.get("usage"))
             if any(_has_output(choice.get("delta")) for choice in chunk.get("choices") or ()):
                 log.first_token()
+            log.images += _images_in(chunk)
             for ev in rs.feed(chunk):
                 yield ev
         async for chunk in chunks:
@@ -84,6 +85,7 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
                 continue
             if chunk.get("usage"):
                 log.add_usage(chunk["usage"])
+            log.images += _images_in(chunk)
             for choice in chunk.get("choices") or ():
                 size = len(json.dumps(choice.get("delta") or {})) - 2
                 if size > 0:
@@ -196,6 +198,11 @@ def _in_progress(response_id: str) -> bytes:
         "id": response_id, "object": "response", "status": "in_progress", "output": []}})
 
 
+def _images_in(chunk: dict) -> int:
+    """Images a Gemini image model drew in this chunk (the usage row counts them)."""
+    return sum(len((choice.get("delta") or {}).get("images") or ()) for choice in chunk.get("choices") or ())
+
+
 def _native_usage(event, log: UsageLog) -> None:
     if event.event not in _TERMINAL and '"response.' not in event.data[:60]:
         return
@@ -205,6 +212,8 @@ def _native_usage(event, log: UsageLog) -> None:
         return
     if data.get("type") in _TERMINAL:
         log.add_usage(chat_usage_from_responses((data.get("response") or {}).get("usage")))
+        log.images = sum(1 for item in (data.get("response") or {}).get("output") or ()
+                         if isinstance(item, dict) and item.get("type") == "image_generation_call")
         if data["type"] == "response.failed":
             _note_terminal(data, log)
 

@@ -173,6 +173,7 @@ async def _chat(req: Request, body: dict, log: UsageLog) -> Response | Streaming
             log.add_usage(result.get("usage"))
             for choice in result.get("choices") or ():
                 log.finish_reason(choice.get("finish_reason"))
+                log.images += len((choice.get("message") or {}).get("images") or ())
         if opened.adapter.passthrough:
             return Response(200, raw)
         return json_response(result)
@@ -192,6 +193,7 @@ async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
         async for chunk in prepend(first, chunks):
             if chunk is not HEARTBEAT and _relayed(chunk, log, include_usage):
                 for choice in chunk.get("choices") or ():
+                    log.images += len((choice.get("delta") or {}).get("images") or ())
                     chars = _delta_chars(choice.get("delta"))
                     if chars:
                         seen_chars += chars

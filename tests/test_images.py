@@ -18,7 +18,7 @@ from tests.conftest import AUTH, add_credential
 from tests.fakes import gemini as g
 from tests.fakes.images import b64png, decode, png
 from tests.fakes.openai import IMAGE_USAGE, error_reply
-from tests.fakes.server import Reply
+from tests.fakes.server import Reply, sse_frames
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -372,3 +372,71 @@ async def test_models_that_do_not_draw_and_failover(app, backends):
     assert len(broken.image_requests) == 1 and len(healthy.image_requests) == 2
     last = (await rows())[-2:]
     assert [r.images for r in last] == [1, 1] and sorted(r.attempts for r in last) == [1, 2]
+
+
+# ---- image outputs on /v1/chat/completions and /v1/responses ------------------------------------
+
+async def test_chat_on_a_gemini_image_model_returns_images_on_the_message(app, backends):
+    drawn = b64png(color=(7, 7, 7))
+    fake = await backends.studio({"nano": "gemini-2.5-flash-image"},
+                                 image_turn(drawn, text="A red square:"), image_turn(drawn))
+    res = await call(app, "POST", "/v1/chat/completions",
+                     {"model": "nano", "messages": [{"role": "user", "content": "Draw a red square"}]}, AUTH)
+    assert res.status == 200, res.body
+    message = res.json()["choices"][0]["message"]
+    assert message["content"] == "A red square:"
+    assert message["images"] == [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{drawn}"}}]
+    assert fake.requests[0].json["generationConfig"] == {"responseModalities": ["TEXT", "IMAGE"]}
+    # the next turn sends the drawing back inline, so the model can edit it; streamed this time
+    history = [{"role": "user", "content": "Draw a red square"}, message, {"role": "user", "content": "Bluer"}]
+    res = await call(app, "POST", "/v1/chat/completions", {"model": "nano", "messages": history, "stream": True}, AUTH)
+    chunks = [json.loads(d) for d in res.sse_data() if d != "[DONE]"]
+    images = [i for c in chunks for ch in c["choices"] for i in ch["delta"].get("images") or []]
+    assert images == [{"index": 0, "type": "image_url", "image_url": {"url": f"data:image/png;base64,{drawn}"}}]
+    model_turn = fake.requests[1].json["contents"][1]
+    assert model_turn == {"role": "model", "parts": [{"text": "A red square:"},
+                                                     {"inlineData": {"mimeType": "image/png", "data": drawn}}]}
+    assert fake.rejections == []
+    assert [r.images for r in await rows()] == [1, 1]
+
+
+async def test_responses_on_a_gemini_image_model_returns_image_generation_calls(app, backends):
+    drawn = b64png(color=(8, 8, 8))
+    fake = await backends.vertex({"nano": "gemini-2.5-flash-image"}, image_turn(drawn, text="Here:"),
+                                 image_turn(drawn))
+    body = {"model": "nano", "input": "Draw a square", "stream": False,
+            "tools": [{"type": "image_generation", "quality": "low"}]}
+    res = await call(app, "POST", "/v1/responses", body, AUTH)
+    assert res.status == 200, res.body
+    output = res.json()["output"]
+    assert [o["type"] for o in output] == ["message", "image_generation_call"]
+    assert output[1]["result"] == drawn and output[1]["status"] == "completed"
+    assert "tools" not in fake.requests[0].json  # the hosted image tool has no Gemini equivalent: dropped
+    streamed = await call(app, "POST", "/v1/responses",
+                          {"model": "nano", "input": [{"role": "user", "content": "Draw"}, *output,
+                                                      {"role": "user", "content": "Again"}]}, AUTH)
+    events = [json.loads(d) for d in streamed.sse_data()]
+    kinds = [e["type"] for e in events]
+    assert "response.image_generation_call.in_progress" in kinds and "response.image_generation_call.completed" in kinds
+    assert events[-1]["response"]["output"][0]["result"] == drawn
+    assert fake.requests[1].json["contents"][1]["parts"][-1] == {"inlineData": {"mimeType": "image/png",
+                                                                                "data": drawn}}
+    assert fake.rejections == []
+    assert [r.images for r in await rows()] == [1, 1]
+
+
+async def test_image_generation_tool_goes_natively_to_openai_responses(app, backends, openai_fake):
+    final = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5",
+             "output": [{"id": "ig_1", "type": "image_generation_call", "status": "completed", "result": b64png()}],
+             "usage": {"input_tokens": 20, "output_tokens": 1000}}
+    frames = sse_frames([{"type": "response.created", "response": {**final, "status": "in_progress", "output": []}},
+                         {"type": "response.completed", "response": final}], event_names=True)
+    fake = openai_fake(Reply(sse=frames))
+    await sync_to_async(add_credential)("native_images", "openai", models={"gpt-5": "gpt-5"},
+                                        api_key="sk-upstream-secret", base_url=fake.url, responses_api=True)
+    body = {"model": "gpt-5", "input": "Draw a fox", "tools": [{"type": "image_generation", "partial_images": 1}]}
+    res = await call(app, "POST", "/v1/responses", body, AUTH)
+    assert res.status == 200 and res.sse_data()[-1] == json.dumps({"type": "response.completed", "response": final})
+    assert fake.requests[0].json["tools"] == [{"type": "image_generation", "partial_images": 1}]
+    [row] = await rows()
+    assert (row.images, row.prompt_tokens) == (1, 20)

@@ -15,8 +15,9 @@ from .base import Adapter, RawChunk, UpstreamRequest, join_url
 
 OPENAI_BASE = "https://api.openai.com/v1"
 HOP_HEADER = "x-router-hops"
-# Fields the internal format adds that an OpenAI upstream would reject.
-_INTERNAL_MESSAGE_FIELDS = ("thinking_blocks",)
+# Fields the internal format adds that an OpenAI upstream would reject (``images``: what a Gemini image
+# model drew in an earlier turn; Chat has no way to send an assistant's images back).
+_INTERNAL_MESSAGE_FIELDS = ("thinking_blocks", "images")
 
 
 def clean_messages(messages: list) -> list:

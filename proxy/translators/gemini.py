@@ -47,6 +47,7 @@ from .common import (
     split_thought,
     usage_chunk,
 )
+from .images import image_family
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
@@ -346,7 +347,7 @@ class _RequestBuilder:
             self.contents.append({"role": role, "parts": parts})
 
     def _model_parts(self, msg: dict) -> list[dict]:
-        parts = _text_parts(msg.get("content"))
+        parts = _text_parts(msg.get("content")) + _image_outputs(msg.get("images"))
         calls = []
         for call in msg.get("tool_calls") or []:
             part, text_sig = self._call_part(call)
@@ -385,6 +386,17 @@ class _RequestBuilder:
             else:
                 _ensure_first_signature(content["parts"])
         return self.contents
+
+
+def _image_outputs(images) -> list[dict]:
+    """Images an image model drew in an earlier turn (``images`` on the assistant message), sent back inline."""
+    parts = []
+    for image in images if isinstance(images, list) else []:
+        url = (image.get("image_url") or {}).get("url") if isinstance(image, dict) else None
+        parsed = parse_data_url(url) if isinstance(url, str) else None
+        if parsed is not None:
+            parts.append({"inlineData": {"mimeType": parsed[0], "data": parsed[1]}})
+    return parts
 
 
 def _order_responses(parts: list[dict]) -> None:
@@ -615,9 +627,20 @@ def chat_to_gemini(body: dict, model: str, *, replace_signatures: bool = False) 
         if tool_config and any("functionDeclarations" in t for t in tools):
             out["toolConfig"] = tool_config
     config, ctx.include_thoughts = _generation_config(body, model)
+    modalities = _response_modalities(body.get("modalities"), model)
+    if modalities:
+        config["responseModalities"] = modalities
     if config:
         out["generationConfig"] = config
     return out, ctx
+
+
+def _response_modalities(modalities, model: str) -> list[str] | None:
+    """Chat ``modalities`` (``["text", "image"]``) -> ``responseModalities``; image models draw by default."""
+    if isinstance(modalities, list) and modalities:
+        wanted = [m.upper() for m in modalities if isinstance(m, str) and m.lower() in ("text", "image")]
+        return wanted or None
+    return ["TEXT", "IMAGE"] if image_family(model) == "gemini" else None
 
 
 def _keep_declarations(tools: list[dict], names: set[str]) -> list[dict]:
@@ -667,6 +690,7 @@ class _Candidate:
     def __init__(self, ctx: GeminiContext) -> None:
         self.ctx = ctx
         self.calls = 0
+        self.images = 0
         self._text_sig: str | None = None
 
     def deltas(self, parts: list[dict]) -> list[dict]:
@@ -674,6 +698,11 @@ class _Candidate:
         for part in parts:
             if "functionCall" in part:
                 out.append(self._call(part))
+                continue
+            image = _drawn_image(part)
+            if image is not None:
+                out.append({"images": [{"index": self.images, "type": "image_url", "image_url": {"url": image}}]})
+                self.images += 1
                 continue
             if part.get("thoughtSignature"):
                 self._text_sig = part["thoughtSignature"]
@@ -693,6 +722,15 @@ class _Candidate:
         return {"tool_calls": [call]}
 
 
+def _drawn_image(part: dict) -> str | None:
+    """An image the model drew, as a data URL (Gemini 3's draft "thought" images are left out)."""
+    inline = part.get("inlineData")
+    if not isinstance(inline, dict) or part.get("thought") or not inline.get("data"):
+        return None
+    mime = str(inline.get("mimeType") or "")
+    return f"data:{mime};base64,{inline['data']}" if mime.startswith("image/") else None
+
+
 def _candidate_parts(candidate: Mapping) -> list[dict]:
     return (candidate.get("content") or {}).get("parts") or []
 
@@ -702,6 +740,9 @@ def _message_from(deltas: list[dict]) -> dict:
     reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
     calls = [{k: v for k, v in d["tool_calls"][0].items() if k != "index"} for d in deltas if "tool_calls" in d]
     message: dict = {"role": "assistant", "content": text or (None if calls else "")}
+    images = [{k: v for k, v in image.items() if k != "index"} for d in deltas for image in d.get("images", ())]
+    if images:
+        message["images"] = images
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:

@@ -36,6 +36,7 @@ from proxy.translators.common import (
     new_id,
     now,
     parse_arguments,
+    parse_data_url,
     split_thought,
 )
 
@@ -49,6 +50,7 @@ _DROPPED_ITEMS = frozenset({
     "web_search_call", "file_search_call", "image_generation_call", "code_interpreter_call", "computer_call",
     "computer_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
 })
+_IMAGE_MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                                "web_search_preview_2025_03_11"})
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -337,12 +339,15 @@ class _Turn:
     texts: list[str] = field(default_factory=list)
     tool_calls: list[dict] = field(default_factory=list)
     thinking: list[dict] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)  # earlier drawings, for image models to edit
 
     def message(self) -> dict | None:
         texts = [t for t in self.texts if t]
-        if not texts and not self.tool_calls:
+        if not texts and not self.tool_calls and not self.images:
             return None
         msg: dict = {"role": "assistant", "content": _text_content(texts)}
+        if self.images:
+            msg["images"] = self.images
         if self.tool_calls:
             msg["tool_calls"] = self.tool_calls
         if self.thinking:
@@ -449,6 +454,12 @@ class _History:
         content = _compact(parts)
         if content:
             self._append({"role": "user" if role == "user" else "system", "content": content})
+
+    def _item_image_generation_call(self, i: int, item: dict) -> None:
+        result = item.get("result")
+        if isinstance(result, str) and result:
+            mime = _IMAGE_MIME.get(str(item.get("output_format") or "png"), "image/png")
+            self._assistant().images.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{result}"}})
 
     def _item_function_call(self, i: int, item: dict) -> None:
         ref = ToolRef("function", _required_str(item, "name", i), item.get("namespace") or None)
@@ -722,6 +733,22 @@ class ResponsesStream:
         events += self._text_delta(delta.get("refusal"))
         for call in delta.get("tool_calls") or []:
             events += self._tool_delta(call)
+        for image in delta.get("images") or []:
+            events += self._image(image)
+        return events
+
+    def _image(self, image) -> list[dict]:
+        """A drawn image (a data URL on the Chat side) -> an ``image_generation_call`` item, held until finish."""
+        url = (image.get("image_url") or {}).get("url") if isinstance(image, dict) else None
+        parsed = parse_data_url(url) if isinstance(url, str) else None
+        if parsed is None:
+            return []
+        fmt = next((f for f, m in _IMAGE_MIME.items() if m == parsed[0]), "png")
+        slot, events = self._open({"id": new_id("ig_"), "type": "image_generation_call", "status": "in_progress",
+                                   "output_format": fmt})
+        slot.text.append(parsed[1])
+        events.append(self._event("response.image_generation_call.in_progress", item_id=slot.id,
+                                  output_index=slot.index))
         return events
 
     def _reasoning_delta(self, text) -> list[dict]:
@@ -837,6 +864,10 @@ class ResponsesStream:
             final = {**slot.item, "status": status, "arguments": arguments or "{}"}
             events.append(self._event("response.function_call_arguments.done", item_id=slot.id,
                                       output_index=slot.index, name=slot.item["name"], arguments=final["arguments"]))
+        elif slot.kind == "image_generation_call":
+            final = {**slot.item, "status": "completed", "result": "".join(slot.text)}
+            events.append(self._event("response.image_generation_call.completed", item_id=slot.id,
+                                      output_index=slot.index))
         elif slot.kind == "custom_tool_call":
             final = {**slot.item, "status": status, "input": _custom_input(arguments)}
             events += [self._event("response.custom_tool_call_input.delta", item_id=slot.id,
@@ -952,6 +983,7 @@ def _message_chunks(message: dict, finish_reason: str) -> list[dict]:
         {"thinking_blocks": message.get("thinking_blocks")},
         {"content": content_text(content) if isinstance(content, list) else content},
         {"refusal": message.get("refusal")},
+        {"images": message.get("images")},
         *({"tool_calls": [{**call, "index": i}]} for i, call in enumerate(message.get("tool_calls") or [])),
     ]
     chunks = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 import httpx
@@ -248,3 +249,55 @@ def test_multipart_limits():
     with pytest.raises(ProxyError) as exc:
         parse_form(body, ctype, max_parts=10, max_file_bytes=100)
     assert exc.value.status == 413 and exc.value.param == "image"
+
+
+# ---- image outputs of Gemini image models on Chat and Responses ------------------------------------
+
+def test_gemini_image_parts_become_chat_images():
+    from proxy.sse import SSEEvent
+    from proxy.translators.gemini import GeminiStream, chat_to_gemini, gemini_to_chat
+
+    body, ctx = chat_to_gemini({"model": "nano", "messages": [{"role": "user", "content": "draw"}]},
+                               "gemini-2.5-flash-image")
+    assert body["generationConfig"] == {"responseModalities": ["TEXT", "IMAGE"]}
+    plain, _ = chat_to_gemini({"model": "flash", "messages": [{"role": "user", "content": "hi"}]}, "gemini-2.5-flash")
+    assert "generationConfig" not in plain
+    only_images, _ = chat_to_gemini({"model": "nano", "modalities": ["image"], "messages": [
+        {"role": "user", "content": "draw"}]}, "gemini-2.5-flash-image")
+    assert only_images["generationConfig"]["responseModalities"] == ["IMAGE"]
+    parts = [{"text": "Here"}, {"inlineData": {"mimeType": "image/png", "data": "AAAA"}, "thought": True},
+             {"inlineData": {"mimeType": "image/webp", "data": "BBBB"}}, {"inlineData": {"mimeType": "audio/wav",
+                                                                                        "data": "CCCC"}}]
+    answer = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}]}
+    message = gemini_to_chat(answer, ctx)["choices"][0]["message"]
+    assert message["content"] == "Here"
+    assert message["images"] == [{"type": "image_url", "image_url": {"url": "data:image/webp;base64,BBBB"}}]
+    stream = GeminiStream(ctx)
+    chunks = stream.feed(SSEEvent(None, json.dumps(answer))) + stream.finish()
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert {"images": [{"index": 0, "type": "image_url", "image_url": {"url": "data:image/webp;base64,BBBB"}}]} \
+        in deltas
+    again, _ = chat_to_gemini({"model": "nano", "messages": [
+        {"role": "user", "content": "draw"}, message, {"role": "user", "content": "bluer"}]}, "gemini-2.5-flash-image")
+    assert again["contents"][1]["parts"] == [{"text": "Here"}, {"inlineData": {"mimeType": "image/webp",
+                                                                               "data": "BBBB"}}]
+
+
+def test_chat_images_become_image_generation_calls_and_back():
+    from proxy.translators.responses import chat_to_response, responses_to_chat
+
+    chat, ctx = responses_to_chat({"model": "nano", "input": "draw", "tools": [{"type": "image_generation"}]})
+    assert "tools" not in chat and "image_generation" in ctx.dropped_tools
+    completion = {"created": 1, "choices": [{"finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Here", "images": [{"type": "image_url",
+                                                             "image_url": {"url": "data:image/jpeg;base64,QUJD"}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1290}}
+    response = chat_to_response(completion, ctx)
+    assert response["status"] == "completed"
+    image = response["output"][1]
+    assert image["type"] == "image_generation_call" and image["id"].startswith("ig_")
+    assert (image["status"], image["result"], image["output_format"]) == ("completed", "QUJD", "jpeg")
+    history, _ = responses_to_chat({"model": "nano", "input": [{"role": "user", "content": "draw"},
+                                                               *response["output"]]})
+    assert history["messages"][-1] == {"role": "assistant", "content": "Here", "images": [
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QUJD"}}]}
