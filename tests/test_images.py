@@ -440,3 +440,29 @@ async def test_image_generation_tool_goes_natively_to_openai_responses(app, back
     assert fake.requests[0].json["tools"] == [{"type": "image_generation", "partial_images": 1}]
     [row] = await rows()
     assert (row.images, row.prompt_tokens) == (1, 20)
+
+
+def _set_prices(by_model: dict[str, dict]) -> None:
+    from datetime import UTC, datetime
+
+    from pricing.models import Price
+
+    Price.objects.all().delete()
+    for model, fields in by_model.items():
+        Price.objects.create(model=model, effective_from=datetime.now(UTC).date(), **fields)
+
+
+async def test_image_rows_are_priced_per_image_and_per_token(app, backends):
+    from decimal import Decimal as D
+
+    await sync_to_async(_set_prices)({
+        "imagen-3.0-generate-002": {"output_cost_per_image": D("0.04")},
+        "gemini-2.5-flash-image": {"input_cost_per_token": D("3e-7"), "output_cost_per_token": D("3e-5")}})
+    await backends.vertex({"imagen": "imagen-3.0-generate-002"})
+    await backends.studio({"nano": "gemini-2.5-flash-image"}, image_turn(b64png()))
+    assert (await generate(app, {"model": "imagen", "prompt": "a fox", "n": 3})).status == 200
+    assert (await generate(app, {"model": "nano", "prompt": "a fox"})).status == 200
+    imagen, nano = await rows()
+    assert (imagen.images, imagen.cost_usd) == (3, D("0.12"))
+    assert (nano.images, nano.prompt_tokens, nano.completion_tokens) == (1, 12, 1290)
+    assert nano.cost_usd == 12 * D("3e-7") + 1290 * D("3e-5")
