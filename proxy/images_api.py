@@ -21,7 +21,9 @@ from django.conf import settings
 
 from .asgi import Request, Response, StreamingResponse, json_response
 from .errors import ProxyError, bad_request
+from .failures import upstream_shape
 from .multipart import Part, parse_form
+from .parsing import upstream_json
 from .pipeline import Opened, native, open_upstream
 from .providers import adapter_for
 from .sse import SSEEvent, encode
@@ -35,7 +37,7 @@ from .translators.images import (
     openai_mask_to_imagen,
 )
 from .usage import UsageLog
-from .views import authorize, guarded, parse_body, route, start_log, upstream_json
+from .views import authorize, guarded, parse_body, prepend, route, start_log
 
 
 async def generations(req: Request) -> Response | StreamingResponse:
@@ -94,14 +96,15 @@ async def _serve(req: Request, log: UsageLog, parse: Callable[[], ImageRequest])
         raise as_content_policy(err) from None
     log.first_byte()
     if relay:
-        return StreamingResponse(_relay(opened, log))
-    raw, data = await upstream_json(opened)
-    result = opened.adapter.images_response(data, opened.req.ctx)
-    log.images = len(result.get("data") or [])
-    log.add_usage(chat_usage_from_images(result.get("usage")))
-    log.finish()
+        return StreamingResponse(_relay(opened, log), terminal=image_terminal)
+    raw = await opened.response.aread()
+    await opened.response.aclose()
+    with upstream_shape(opened.adapter.provider):
+        result = opened.adapter.images_response(upstream_json(raw, opened.adapter.provider), opened.req.ctx)
+        log.images = len(result.get("data") or [])
+        log.add_usage(chat_usage_from_images(result.get("usage")))
     if ireq.stream:
-        return StreamingResponse(_completed_events(result, ireq))
+        return StreamingResponse(_completed_events(result, ireq), terminal=image_terminal)
     return Response(200, raw) if opened.adapter.passthrough else json_response(result)
 
 
@@ -119,25 +122,18 @@ async def _relay(opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
     """OpenAI's own image events (``*.partial_image``, ``*.completed``), byte for byte."""
     chunks = opened.chunks
     assert chunks is not None
-    finished = False
     try:
-        for event in [*opened.first]:
-            _note(event, log)
-            yield event.raw
-        async for event in chunks:
+        async for event in prepend(opened.first, chunks):
             if isinstance(event, SSEEvent):
                 _note(event, log)
                 yield event.raw
-        finished = True
-    except ProxyError as err:
-        log.fail(err)
-        yield encode({"type": "error", "error": err.to_dict()["error"]}, event="error")
-        finished = True
     finally:
         await chunks.aclose()
-        if not finished and not log.error_type:
-            log.client_closed, log.status = True, 499
-        log.finish()
+
+
+def image_terminal(err: ProxyError) -> bytes:
+    """How an image stream ends after a failure: OpenAI's ``error`` event."""
+    return encode({"type": "error", "error": err.to_dict()["error"]}, event="error")
 
 
 def _note(event: SSEEvent, log: UsageLog) -> None:
