@@ -466,3 +466,17 @@ async def test_image_rows_are_priced_per_image_and_per_token(app, backends):
     assert (imagen.images, imagen.cost_usd) == (3, D("0.12"))
     assert (nano.images, nano.prompt_tokens, nano.completion_tokens) == (1, 12, 1290)
     assert nano.cost_usd == 12 * D("3e-7") + 1290 * D("3e-5")
+
+
+async def test_a_broken_image_stream_ends_with_an_error_event(app, backends):
+    fake = await backends.openai({"draw": "gpt-image-1"})
+    partial = sse_frames([{"type": "image_generation.partial_image", "b64_json": b64png(), "partial_image_index": 0}],
+                         event_names=True)
+    fake.image_replies.append(Reply(sse=[*partial, *partial], reset_after=1))
+    res = await generate(app, {"model": "draw", "prompt": "a fox", "stream": True, "partial_images": 2})
+    assert res.status == 200
+    events = [json.loads(d) for d in res.sse_data()]
+    assert [e["type"] for e in events] == ["image_generation.partial_image", "error"]
+    assert res.body.endswith(b"\n\n") and b"event: error\n" in res.body
+    [row] = await rows()
+    assert row.status == 502 and row.error_type and row.images == 0
