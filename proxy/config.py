@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from keys.snapshot import EMPTY as EMPTY_KEYS
 from keys.snapshot import KeyTable
 from pricing import table as pricing_table
 
-from . import db
+from . import db, redaction
 from .errors import ProxyError
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,23 @@ def load() -> RouterConfig:
 
     router = RouterSettings.load()
     creds: dict[str, CredentialConfig] = {}
-    for c in Credential.objects.filter(enabled=True):
+    secrets: list[str] = [settings.ROUTER_MASTER_KEY or ""]
+    for c in Credential.objects.all():
+        # disabled credentials too: their keys may still sit in cooldown reasons and old errors
+        secrets += [c.api_key, *(v for v in (c.extra_headers or {}).values() if isinstance(v, str))]
+        if c.service_account_json:
+            try:
+                secrets += redaction.secrets_of_service_account(json.loads(c.service_account_json))
+            except ValueError:
+                secrets.append(c.service_account_json)
+        if not c.enabled:
+            continue
         try:
             sa = c.service_account_info() if c.type == "vertex-ai" else None
         except (OSError, ValueError) as exc:
             log.error("credential %s: cannot read its service account (%s); it is skipped", c.name, exc)
             continue
+        secrets += redaction.secrets_of_service_account(sa)
         creds[c.name] = CredentialConfig(
             name=c.name, type=c.type, base_url=c.base_url.rstrip("/"), api_key=c.api_key,
             project_id=c.project_id, location=c.location, service_account=sa,
@@ -108,6 +120,7 @@ def load() -> RouterConfig:
             continue
         pools.setdefault(m.name, []).append(Deployment(m.name, cred, m.upstream_id, m.rpm, m.tpm))
     aliases = {a.alias: tuple(a.targets) for a in ModelAlias.objects.all()}
+    redaction.set_source("config", secrets)
     master = hash_key(settings.ROUTER_MASTER_KEY) if settings.ROUTER_MASTER_KEY else router.master_key_hash
     pricing_table.reload()  # prices share the config version: one poll, one reload
     return RouterConfig(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from .logging import redact
+from .redaction import redact
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -57,6 +57,7 @@ class ProxyError(Exception):
         retry_after: float | None = None,
         upstream_status: int | None = None,
     ) -> None:
+        message = redact(message)  # whatever built it, an error never carries a secret the router holds
         super().__init__(message)
         self.status = status
         self.message = message
@@ -109,12 +110,12 @@ def classify_upstream_error(
 ) -> ProxyError:
     """Turn an upstream HTTP error into the error the router reports.
 
-    ``message`` is the provider's own text (never containing our credential),
+    ``message`` is the provider's own text (secrets redacted by ``ProxyError``),
     ``upstream_code`` its machine-readable code or type (``rate_limit_error``,
     ``RESOURCE_EXHAUSTED``...).
     """
     headers = headers or {}
-    message = redact(message)  # providers echo (partial) keys in auth errors
+    message = redact(message)  # providers echo keys in auth errors; redacted before the classifiers read it
     code = upstream_code
     text = f"{upstream_code or ''} {message}"
     retry_after = parse_retry_after(headers)

@@ -23,6 +23,7 @@ from django.conf import settings
 from .asgi import Request, Response, StreamingResponse, json_response
 from .errors import ProxyError
 from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
+from .redaction import redact
 from .translators.responses import ResponsesStream, encode_event, responses_to_chat
 from .usage import UsageLog
 from .views import authorize, estimate, guarded, parse_body, prepend, require_model, route, start_log
@@ -110,7 +111,7 @@ def _note_terminal(ev: dict, log: UsageLog) -> None:
     if ev.get("type") == "response.failed":
         error = (ev.get("response") or {}).get("error") or {}
         log.status, log.error_type = 502, str(error.get("code") or "server_error")
-        log.error_message = str(error.get("message") or "")[:1000]
+        log.error_message = redact(str(error.get("message") or ""))[:1000]
 
 
 async def _encoded(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
@@ -173,7 +174,7 @@ class _NativeStream:
                 if (event.event or "").endswith(".delta"):
                     log.first_token()
                 _native_usage(event, log)
-                yield event.raw
+                yield _relayed(event)
         finally:
             await chunks.aclose()
 
@@ -181,6 +182,14 @@ class _NativeStream:
         return encode_event({"type": "response.failed", "response": {
             "id": self.response_id or "resp_failed", "object": "response", "status": "failed", "output": [],
             "error": {"code": err.code or "server_error", "message": err.message}}})
+
+
+def _relayed(event) -> bytes:
+    """The event's own bytes; an upstream error event is redacted first (providers echo keys in errors)."""
+    head = event.data[:60]
+    if event.event in ("error", "response.failed") or '"error"' in head or '"response.failed"' in head:
+        return redact(event.raw.decode("utf-8", "replace")).encode()
+    return event.raw
 
 
 def _response_id(event) -> str | None:

@@ -28,6 +28,8 @@ from django.db import connection
 
 from pricing import cost as pricing_cost
 
+from .redaction import redact
+
 log = logging.getLogger(__name__)
 
 BATCH = 500
@@ -264,7 +266,7 @@ class UsageLog:
     def fail(self, err) -> None:
         self.status = err.status
         self.error_type = err.code or err.type
-        self.error_message = err.message[:1000]
+        self.error_message = redact(err.message)[:1000]
 
     def finish(self) -> None:
         if self._done:

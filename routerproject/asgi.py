@@ -13,7 +13,10 @@ from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
+from proxy.logging import redact_daphne_access_log  # noqa: E402
 from proxy.urls import build_app  # noqa: E402
+
+redact_daphne_access_log()
 
 api_app = build_app(django_app)
 application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app})

@@ -16,6 +16,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from .. import redaction
+
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 MARGIN = 300.0
 
@@ -51,6 +53,7 @@ class TokenCache:
             pending = self._inflight[(loop, key)] = loop.run_in_executor(None, _refresh, info)
             pending.add_done_callback(lambda _f: self._inflight.pop((loop, key), None))
         token = await asyncio.shield(pending)
+        redaction.add_token(token.value)  # Vertex may echo it back in an error
         self._tokens[key] = token
         return token.value
 

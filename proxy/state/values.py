@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from ..config import Deployment
+from ..redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ class Cooldown:
         return {"credential": cred, "model": model, "status": self.status, "kind": self.kind,
                 "since": round(self.since, 3), "until": None if self.permanent else round(self.until, 3),
                 "remaining_seconds": None if remaining is None else round(remaining, 3),
-                "permanent": self.permanent, "failures": self.failures, "reason": self.reason}
+                "permanent": self.permanent, "failures": self.failures, "reason": redact(self.reason)}
 
     def to_json(self) -> str:
-        return json.dumps({"status": self.status, "kind": self.kind, "since": self.since, "reason": self.reason[:300],
-                           "failures": self.failures}, separators=(",", ":"))
+        return json.dumps({"status": self.status, "kind": self.kind, "since": self.since,
+                           "reason": redact(self.reason)[:300], "failures": self.failures}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, key: str, raw: str | bytes | None, until: float) -> Cooldown:

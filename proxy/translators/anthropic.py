@@ -89,7 +89,6 @@ _GOOGLE_STATUS = {
 # Anthropic reports an empty prepaid balance or a workspace spend cap as a plain 400; for the router
 # these are credential problems (another key may work), so they are classified like a 402.
 _BILLING_400 = re.compile(r"credit balance|spend limit|usage limits", re.I)
-_SECRET = re.compile(r"sk-ant-[A-Za-z0-9_-]+|ya29\.[A-Za-z0-9._-]+|Bearer\s+[A-Za-z0-9._~+/=-]+")
 _MODEL_NEW = re.compile(r"claude-(opus|sonnet|haiku)-(\d+)(?:[-.](\d{1,2}))?(?=$|[-@.:_])")
 _MODEL_OLD = re.compile(r"claude-(\d+)(?:[-.](\d))?-(opus|sonnet|haiku)")
 
@@ -805,10 +804,6 @@ class AnthropicStream:
 
 # ---- errors ----------------------------------------------------------------
 
-def _redact(text: str) -> str:
-    return _SECRET.sub("[redacted]", text)
-
-
 def error_from_payload(payload, status: int | None, headers: Mapping[str, str]) -> ProxyError:
     """An Anthropic (or Vertex/Google) error body, already parsed, as the router's error."""
     if isinstance(payload, list) and payload:
@@ -830,7 +825,7 @@ def error_from_payload(payload, status: int | None, headers: Mapping[str, str]) 
 
 
 def _classify(status: int, message: str, code: str | None, headers: Mapping[str, str]) -> ProxyError:
-    return classify_upstream_error(status, _redact(message)[:2000], provider="anthropic", upstream_code=code,
+    return classify_upstream_error(status, message[:2000], provider="anthropic", upstream_code=code,
                                    headers=headers)
 
 
