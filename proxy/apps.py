@@ -8,6 +8,7 @@ class ProxyConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        import routerproject.exposure  # noqa: F401  (registers the deploy checks)
         from credentials.models import Credential, ModelAlias, ProviderModel, RouterSettings
 
         from . import config

@@ -51,7 +51,16 @@ DEBUG = env_bool("DEBUG")
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-local-only-secret-key-change-me-in-production"
 _hosts = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 ALLOWED_HOSTS = [h.strip() for h in _hosts.split(",") if h.strip()]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+# Behind a TLS-terminating proxy (nginx, Caddy, a load balancer) that sets X-Forwarded-Proto and
+# X-Forwarded-Host: requests count as HTTPS (the admin's CSRF origin check passes) and cookies are
+# secure. Only when the proxy overwrites those headers: a client could otherwise forge them.
+ROUTER_BEHIND_TLS_PROXY = env_bool("ROUTER_BEHIND_TLS_PROXY")
+if ROUTER_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
     "credentials",  # before daphne: its runserver subclass listens on 8080
@@ -152,6 +161,7 @@ REDIS_URL = os.environ.get("REDIS_URL") or None
 # Comma-separated Fernet keys (or passphrases); the first encrypts, all decrypt.
 ROUTER_ENCRYPTION_KEY = os.environ.get("ROUTER_ENCRYPTION_KEY", "")
 ROUTER_MASTER_KEY = os.environ.get("ROUTER_MASTER_KEY") or None
+ROUTER_HOST = os.environ.get("ROUTER_HOST") or "127.0.0.1"  # runserver (scripts/run) listens here
 ROUTER_PORT = env_int("ROUTER_PORT", 8080)
 ROUTER_MAX_BODY_BYTES = env_int("ROUTER_MAX_BODY_BYTES", 32 * 1024 * 1024)
 # request bodies being read and parsed at once, in bytes; past it a request waits, then gets 503
