@@ -11,7 +11,8 @@ from .forms import CredentialForm, ModelAliasForm, RouterSettingsForm
 from .models import Credential, ModelAlias, ProviderModel, RouterSettings
 
 # Django's error reports then show these POST values as stars.
-hide_secrets = method_decorator(sensitive_post_parameters("api_key", "service_account_json", "new_master_key"))
+hide_secrets = method_decorator(
+    sensitive_post_parameters("api_key", "service_account_json", "extra_headers", "new_master_key"))
 
 
 class ProviderModelInline(admin.TabularInline):
@@ -29,7 +30,8 @@ class CredentialAdmin(admin.ModelAdmin):
     search_fields = ("name", "base_url", "models__name")
     fieldsets = (
         (None, {"fields": ("name", "type", "enabled", "is_fallback", "weight")}),
-        ("Endpoint and key", {"fields": ("base_url", "api_key", "clear_api_key", "extra_headers")}),
+        ("Endpoint and key", {"fields": ("base_url", "api_key", "clear_api_key", "extra_headers",
+                                         "clear_extra_headers")}),
         ("Vertex AI", {"fields": ("project_id", "location", "service_account_json", "clear_service_account_json",
                                   "credentials_file")}),
         ("Limits (empty = unlimited)", {"fields": ("rpm", "tpm")}),

@@ -231,6 +231,11 @@ def secret_hint(value: str) -> str:
     return crypto.mask(value)
 
 
+def headers_hint(headers: Mapping[str, str]) -> str:
+    """Header names with masked values: ``OpenAI-Organization (…g-1)``."""
+    return ", ".join(f"{name} ({crypto.mask(str(value))})" for name, value in (headers or {}).items())
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
 
@@ -817,6 +822,7 @@ def _plan_credentials(spec: ConfigSpec, plan: Plan, errors: list[str], prune: bo
         before = {f: getattr(obj, f) for f in CREDENTIAL_FIELDS} if obj.pk else None
         for name, value in cred.values.items():
             setattr(obj, name, value)
+        _keep_stored_headers(obj, before, cred, errors)
         for secret in cred.keep:
             if before and before[secret]:
                 setattr(obj, secret, before[secret])
@@ -839,6 +845,23 @@ def _plan_credentials(spec: ConfigSpec, plan: Plan, errors: list[str], prune: bo
             plan.kept.append(f"credential {name}")
             planned[name] = obj
     return planned
+
+
+def _keep_stored_headers(obj: Credential, before: dict | None, cred: CredentialSpec, errors: list[str]) -> None:
+    """A header value given as ``<redacted …>`` (what ``export_config`` writes) keeps the stored value."""
+    headers = obj.extra_headers
+    if not isinstance(headers, dict) or not any(is_redacted(v) for v in headers.values()):
+        return
+    stored = (before or {}).get("extra_headers") or {}
+    for name, value in list(headers.items()):
+        if not is_redacted(value):
+            continue
+        if name in stored:
+            headers[name] = stored[name]
+        else:
+            errors.append(f"{join(join(cred.path, cred.keys.get('extra_headers', 'extra_headers')), name)}: is a "
+                          f"redacted placeholder, but credential '{cred.name}' has no stored value for this header; "
+                          "give the real value")
 
 
 def _plan_models(spec: ConfigSpec, plan: Plan, errors: list[str], prune: bool,
@@ -1099,7 +1122,12 @@ def _export_credential(cred: Credential, include_secrets: bool) -> dict:
         if value == cred._meta.get_field(name).get_default():
             continue
         key = "credentials_json" if name == "service_account_json" else name
-        item[key] = _redacted(value) if name in SECRET_FIELDS and not include_secrets else value
+        if include_secrets:
+            item[key] = value
+        elif name == "extra_headers":
+            item[key] = {header: _redacted(str(v)) for header, v in value.items()}
+        else:
+            item[key] = _redacted(value) if name in SECRET_FIELDS else value
     return item
 
 

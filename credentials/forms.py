@@ -7,10 +7,11 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from .config_io import clean_fail2ban, secret_hint
+from .config_io import clean_fail2ban, headers_hint, secret_hint
 from .models import Credential, ModelAlias, RouterSettings
 
-SECRETS = {"api_key": "clear_api_key", "service_account_json": "clear_service_account_json"}
+SECRETS = {"api_key": "clear_api_key", "service_account_json": "clear_service_account_json",
+           "extra_headers": "clear_extra_headers"}
 
 
 class WriteOnlyTextarea(forms.Textarea):
@@ -27,8 +28,12 @@ class CredentialForm(forms.ModelForm):
     service_account_json = forms.CharField(
         label="Service-account JSON", required=False, widget=WriteOnlyTextarea(attrs={"rows": 4}),
     )
+    extra_headers = forms.JSONField(
+        label="Extra headers", required=False, widget=WriteOnlyTextarea(attrs={"rows": 2}),
+    )
     clear_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
     clear_service_account_json = forms.BooleanField(label="Remove the stored service-account JSON", required=False)
+    clear_extra_headers = forms.BooleanField(label="Remove the stored extra headers", required=False)
 
     class Meta:
         model = Credential
@@ -42,7 +47,12 @@ class CredentialForm(forms.ModelForm):
             field = self.fields.get(name)
             if field is None:
                 continue
-            if stored:
+            if name == "extra_headers":
+                field.help_text = (
+                    f"Stored: {headers_hint(stored)}. Leave blank to keep them, or type a JSON object to replace "
+                    'them all, e.g. {"OpenAI-Organization": "org-1"}.' if stored else
+                    'Sent upstream, e.g. {"OpenAI-Organization": "org-1"}. Saved encrypted; values never shown again.')
+            elif stored:
                 field.help_text = f"Stored: {secret_hint(stored)}. Leave blank to keep it, or type a new value."
             else:
                 field.help_text = "Nothing stored. Saved encrypted; never shown again."
@@ -53,9 +63,11 @@ class CredentialForm(forms.ModelForm):
             if cleaned.get(clear):
                 if cleaned.get(name):
                     self.add_error(clear, "Either type a new value or remove the stored one, not both.")
-                cleaned[name] = ""
+                cleaned[name] = self.instance._meta.get_field(name).get_default()
             elif not cleaned.get(name) and self.instance.pk:
                 cleaned[name] = getattr(self.instance, name)
+            elif cleaned.get(name) is None:
+                cleaned[name] = self.instance._meta.get_field(name).get_default()
         return cleaned
 
 

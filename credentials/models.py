@@ -18,7 +18,7 @@ from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from .fields import EncryptedTextField
+from .fields import EncryptedJSONField, EncryptedTextField
 
 # Any http(s) URL, including single-label hosts (docker-compose service names such as http://vllm:8000/v1).
 URL_VALIDATOR = RegexValidator(r"^https?://[^\s/?#]+(/[^\s]*)?$", "Enter an http(s) URL, e.g. http://vllm:8000/v1.")
@@ -53,8 +53,9 @@ class Credential(models.Model):
         "service-account file", max_length=500, blank=True, default="",
         help_text="Path to a service-account key file readable by the router.",
     )
-    extra_headers = models.JSONField(blank=True, default=dict,
-                                     help_text='Sent upstream, e.g. {"OpenAI-Organization": "org-1"}')
+    extra_headers = EncryptedJSONField(
+        blank=True, default=dict,
+        help_text='Sent upstream, e.g. {"OpenAI-Organization": "org-1"}. Stored encrypted (values may be tokens).')
     rpm = models.PositiveIntegerField("requests/min", null=True, blank=True, help_text="Empty = unlimited")
     tpm = models.PositiveIntegerField("tokens/min", null=True, blank=True, help_text="Empty = unlimited")
     weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within a pool")

@@ -12,7 +12,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--include-secrets", action="store_true",
-                            help="write API keys and service-account JSON in clear (keep the file safe)")
+                            help="write API keys, service-account JSON and extra header values in clear "
+                                 "(keep the file safe)")
         parser.add_argument("-o", "--output", help="file to write (default: standard output)")
 
     def handle(self, *args, include_secrets: bool, output: str | None, **options) -> None:

@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import models, transaction
 
-from credentials.fields import EncryptedTextField
+from credentials.fields import ENCRYPTED_FIELDS
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
 def _encrypted_models() -> list[tuple[type[models.Model], list[str]]]:
     found = []
     for model in apps.get_models():
-        fields = [f.name for f in model._meta.concrete_fields if isinstance(f, EncryptedTextField)]
+        fields = [f.name for f in model._meta.concrete_fields if isinstance(f, ENCRYPTED_FIELDS)]
         if fields:
             found.append((model, fields))
     return found
