@@ -22,7 +22,7 @@ _SSL: ssl.SSLContext | None = None
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
 
 
-def _ssl_context() -> ssl.SSLContext:
+def ssl_context() -> ssl.SSLContext:
     # Building a context from certifi costs ~100 ms: once per process.
     global _SSL
     if _SSL is None:
@@ -35,7 +35,7 @@ def client() -> httpx.AsyncClient:
     c = _clients.get(loop)
     if c is None or c.is_closed:
         kwargs = dict(
-            verify=_ssl_context(),
+            verify=ssl_context(),
             timeout=httpx.Timeout(connect=settings.ROUTER_CONNECT_TIMEOUT, read=None, write=60.0,
                                   pool=settings.ROUTER_CONNECT_TIMEOUT),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30),

@@ -5,9 +5,8 @@ Besides URLs and auth, three steps need I/O and so cannot live in the pure trans
 they run in ``send`` (for both AI Studio and Vertex Gemini):
 
 * remote media: ``fileData`` parts with an http(s) URL (client ``image_url`` / file URLs)
-  are downloaded and sent as ``inlineData``; Google fetches only some hosts itself. The
-  download is bounded in size and time, and by default refuses hosts that resolve to
-  private addresses (the router must not become a way into its own network);
+  are downloaded (``proxy.media``: bounded, no private addresses, DNS pinned) and sent as
+  ``inlineData``; Google fetches only some hosts itself;
 * a 400 "invalid/corrupted thought signature" (a signature minted by another model or
   project, e.g. after a failover) is retried once with the signatures replaced by the
   documented dummy value;
@@ -18,22 +17,17 @@ they run in ``send`` (for both AI Studio and Vertex Gemini):
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx
-from django.conf import settings
 
-from .. import http
 from ..config import Deployment
 from ..errors import ProxyError
+from ..media import fetch_media
 from ..translators.gemini import (
     DUMMY_SIGNATURE,
     GeminiContext,
@@ -63,79 +57,11 @@ log = logging.getLogger(__name__)
 
 Post = Callable[[UpstreamRequest, dict[str, str]], Awaitable[httpx.Response]]
 
-MEDIA_MAX_REDIRECTS = 3
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
 EMBED_CONCURRENCY = 8
 
 
 # ---- remote media ---------------------------------------------------------------
-
-def _media_limits() -> tuple[int, float, bool]:
-    return settings.ROUTER_MEDIA_MAX_BYTES, settings.ROUTER_MEDIA_TIMEOUT, settings.ROUTER_MEDIA_ALLOW_PRIVATE
-
-
-def _media_error(url: str, reason: str) -> ProxyError:
-    shown = url if len(url) <= 200 else f"{url[:200]}..."
-    return ProxyError(400, f"Could not download {shown!r} to send it to the model: {reason}", param="messages",
-                      code="invalid_image_url")
-
-
-async def _check_public(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _media_error(url, "only http(s) URLs can be downloaded")
-    try:
-        addresses = [ipaddress.ip_address(parts.hostname)]
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
-                                                                 type=socket.SOCK_STREAM)
-        except OSError:
-            raise _media_error(url, "the host name does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not all(a.is_global for a in addresses):
-        raise _media_error(url, "the host resolves to a private address")
-
-
-async def _download(url: str, max_bytes: int, allow_private: bool) -> tuple[str | None, bytes]:
-    client = http.client()
-    for _ in range(MEDIA_MAX_REDIRECTS + 1):
-        if not allow_private:
-            await _check_public(url)
-        response = await client.send(client.build_request("GET", url), stream=True)
-        try:
-            if response.is_redirect and response.headers.get("location"):
-                url = urljoin(url, response.headers["location"])
-                continue
-            if response.status_code >= 400:
-                raise _media_error(url, f"HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise _media_error(url, f"larger than {max_bytes} bytes")
-            data = bytearray()
-            async for piece in response.aiter_bytes():
-                data += piece
-                if len(data) > max_bytes:
-                    raise _media_error(url, f"larger than {max_bytes} bytes")
-            mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            return (mime if "/" in mime and mime != "application/octet-stream" else None), bytes(data)
-        finally:
-            await response.aclose()
-    raise _media_error(url, "too many redirects")
-
-
-async def fetch_media(url: str) -> tuple[str | None, str]:
-    """(content type or None, base64 data) of ``url``; a ``ProxyError`` 400 when it cannot be had."""
-    max_bytes, timeout, allow_private = _media_limits()
-    try:
-        async with asyncio.timeout(timeout):
-            mime, data = await _download(url, max_bytes, allow_private)
-    except TimeoutError:
-        raise _media_error(url, f"no complete answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise _media_error(url, type(exc).__name__) from None
-    return mime, base64.b64encode(data).decode()
-
 
 def _remote_parts(body: dict) -> list[dict]:
     return [part for content in body.get("contents") or [] for part in content.get("parts") or []

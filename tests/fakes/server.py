@@ -56,18 +56,19 @@ Handler = Callable[[Recorded], Awaitable["web.StreamResponse | Reply"]]
 
 
 class FakeServer:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.handler = handler
+        self.host = host
         self.requests: list[Recorded] = []
         self.disconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> FakeServer:
         ready = threading.Event()
@@ -89,7 +90,7 @@ class FakeServer:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
