@@ -5,6 +5,7 @@ files go through Django's full stack.
 """
 
 import os
+import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "routerproject.settings")
 
@@ -15,8 +16,11 @@ django_app = get_asgi_application()
 
 from proxy.logging import redact_daphne_access_log  # noqa: E402
 from proxy.urls import build_app  # noqa: E402
+from routerproject.exposure import daphne_bind, warn_if_exposed  # noqa: E402
 
 redact_daphne_access_log()
+if (bind := daphne_bind(sys.argv)) is not None:  # the daphne command (docker): warn before it listens
+    warn_if_exposed(bind)
 
 api_app = build_app(django_app)
 application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app})

@@ -10,7 +10,10 @@ development secret key, it says so loudly on stderr before serving. ``manage.py 
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.core import checks
@@ -59,6 +62,37 @@ def exposure_warnings(host: str, *, sample_key: bool, secret_key: str) -> list[s
         out.append("DJANGO_SECRET_KEY is the development default: admin sessions can be forged. "
                    "Set DJANGO_SECRET_KEY to a long random value.")
     return out
+
+
+def warn_if_exposed(host: str) -> list[str]:
+    """Print the exposure warnings for a server about to listen on ``host`` to stderr, loudly."""
+    from django.db import DatabaseError, connections
+
+    if is_loopback(host):
+        return []
+    try:
+        sample_key = sample_key_in_use()
+    except DatabaseError:  # not migrated yet: Django's own checks say so
+        sample_key = False
+    finally:
+        connections.close_all()  # this thread is about to run the server's event loop
+    warnings = exposure_warnings(host, sample_key=sample_key, secret_key=settings.SECRET_KEY)
+    for warning in warnings:
+        sys.stderr.write(f"\n*** WARNING: listening on {host}, reachable from the network: {warning}\n")
+    if warnings:
+        sys.stderr.write("*** Bind 127.0.0.1 for local use (scripts/run: unset ROUTER_HOST).\n\n")
+        sys.stderr.flush()
+    return warnings
+
+
+def daphne_bind(argv: list[str]) -> str | None:
+    """The host the ``daphne`` command line binds (its default is 127.0.0.1); None when not run by it."""
+    if not argv or not (Path(argv[0]).name == "daphne" or Path(argv[0]).parent.name == "daphne"):
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-b", "--bind")
+    known, _ = parser.parse_known_args(argv[1:])
+    return known.bind or "127.0.0.1"
 
 
 @checks.register(checks.Tags.security, deploy=True)

@@ -10,7 +10,7 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
-from routerproject.exposure import DEFAULT_SECRET_KEY, addrport, exposure_warnings, is_loopback
+from routerproject.exposure import DEFAULT_SECRET_KEY, addrport, daphne_bind, exposure_warnings, is_loopback
 from tests.live import PYTHON, ROOT, LiveRouter, _env, free_port
 
 SAMPLE = (ROOT / "router.sample.yaml").read_text()
@@ -30,12 +30,23 @@ def test_warnings_only_for_a_wide_bind_with_a_default():
     assert exposure_warnings("0.0.0.0", sample_key=False, secret_key="a-real-random-secret") == []
 
 
-def _runserver(tmp_path, env: dict[str, str], *, until: str, timeout: float = 30) -> str:
+def test_the_daphne_command_line_bind_is_read_from_its_arguments():
+    assert daphne_bind(["/app/.venv/bin/daphne", "-b", "0.0.0.0", "-p", "8080", "routerproject.asgi:application"]) == (
+        "0.0.0.0")
+    assert daphne_bind(["/usr/lib/python3/site-packages/daphne/__main__.py", "--bind", "::", "app"]) == "::"
+    assert daphne_bind(["/usr/bin/daphne", "routerproject.asgi:application"]) == "127.0.0.1"  # daphne's default
+    assert daphne_bind(["/usr/bin/pytest", "-b", "0.0.0.0"]) is None
+
+
+RUNSERVER = ["manage.py", "runserver", "--noreload"]
+
+
+def _runserver(tmp_path, env: dict[str, str], *, until: str, timeout: float = 30, command=RUNSERVER) -> str:
     """Start ``manage.py runserver`` as scripts/run does, return its output once ``until`` shows (or it exits)."""
     live = LiveRouter(SAMPLE, tmp_path)  # a migrated database with the sample config imported
     log = tmp_path / f"runserver-{free_port()}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([PYTHON, "manage.py", "runserver", "--noreload"], cwd=ROOT,
+        proc = subprocess.Popen([PYTHON, *command], cwd=ROOT,
                                 env=_env(live.db, env), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
@@ -56,10 +67,13 @@ def test_scripts_run_serves_on_loopback_by_default(tmp_path):
     assert "WARNING" not in out
 
 
-def test_a_wide_bind_with_the_sample_key_warns_loudly_before_serving(tmp_path):
+@pytest.mark.parametrize("daphne", [False, True], ids=["scripts-run", "daphne-command"])
+def test_a_wide_bind_with_the_sample_key_warns_loudly_before_serving(tmp_path, daphne):
     # 192.0.2.1 (TEST-NET-1) is not this machine's: the bind fails right after the warnings, so the
     # test never listens beyond loopback.
-    out = _runserver(tmp_path, {"ROUTER_HOST": "192.0.2.1", "ROUTER_PORT": str(free_port())}, until="Error")
+    port = str(free_port())
+    command = ["-m", "daphne", "-b", "192.0.2.1", "-p", port, "routerproject.asgi:application"] if daphne else RUNSERVER
+    out = _runserver(tmp_path, {"ROUTER_HOST": "192.0.2.1", "ROUTER_PORT": port}, until="rror", command=command)
     assert "WARNING: listening on 192.0.2.1" in out, out
     assert "sk-router-local-dev" in out and "DJANGO_SECRET_KEY is the development default" in out
 
