@@ -21,25 +21,45 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 
 from .asgi import Request, Response, StreamingResponse, json_response
-from .errors import ProxyError
+from .errors import ProxyError, bad_request
 from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
 from .redaction import redact
-from .translators.responses import ResponsesStream, encode_event, responses_to_chat
+from .translators.common import new_id, now
+from .translators.responses import ResponsesStream, base_response, encode_event, response_echo, responses_to_chat
 from .usage import UsageLog
-from .views import authorize, estimate, guarded, parse_body, prepend, require_model, route, start_log
+from .views import authorize, check_types, estimate, guarded, parse_body, prepend, require_model, route, start_log
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_NUMBER = (int, float)
+# OpenAI's types for the create-response parameters; a missing or null one takes OpenAI's default
+# (notably `stream`: false, so the SDKs' plain `responses.create` gets JSON).
+_TYPES = {
+    "stream": (bool,), "store": (bool,), "background": (bool,), "parallel_tool_calls": (bool,),
+    "temperature": _NUMBER, "top_p": _NUMBER, "presence_penalty": _NUMBER, "frequency_penalty": _NUMBER,
+    "max_output_tokens": (int,), "max_tool_calls": (int,), "top_logprobs": (int,), "tools": (list,),
+    "tool_choice": (str, dict), "metadata": (dict,), "reasoning": (dict,), "text": (dict,), "include": (list,),
+    "user": (str,), "prompt_cache_key": (str,), "safety_identifier": (str,), "service_tier": (str,),
+    "truncation": (str,), "instructions": (str, list), "stream_options": (dict,),
+}
 
 
 async def responses(req: Request) -> Response | StreamingResponse:
     body = parse_body(req)
-    log = start_log(req, "responses", body, stream=body.get("stream") is not False)
+    log = start_log(req, "responses", body, stream=body.get("stream") is True)
     return await guarded(log, _responses(req, body, log))
+
+
+def validate_responses(body: dict) -> None:
+    require_model(body)
+    check_types(body, _TYPES)
+    if body.get("background"):
+        raise bad_request("`background` responses are not supported: the router does not store responses. "
+                          "Omit `background` or set it to false.", param="background")
 
 
 async def _responses(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
     config = await authorize(req)
-    require_model(body)
+    validate_responses(body)
     plan = route(config, req, body)
     translated: tuple[dict, object] | None = None
 
@@ -51,11 +71,11 @@ async def _responses(req: Request, body: dict, log: UsageLog) -> Response | Stre
             translated = responses_to_chat(body)
         return adapter.chat_request(dep, translated[0], stream=True)
 
-    stream = body.get("stream") is not False
+    stream = body.get("stream") is True
     opened = await open_upstream(plan, build, log, stream=True, heartbeat=settings.ROUTER_KEEPALIVE_INTERVAL)
     log.first_byte()
     if is_native(opened.req):
-        native_stream = _NativeStream()
+        native_stream = _NativeStream(body)
         if stream:
             return StreamingResponse(native_stream.relay(opened, log), terminal=native_stream.failed)
         return await _collect(_parsed(native_stream.relay(opened, log)))
@@ -154,12 +174,14 @@ async def _parsed(frames: AsyncIterator[bytes]) -> AsyncIterator[dict]:
 
 
 class _NativeStream:
-    """Relays a native Responses stream as is; remembers the response id for a ``response.failed``."""
+    """Relays a native Responses stream as is. Keeps the upstream's latest Response object for the events
+    the router adds (heartbeats, a ``response.failed``): complete Response objects, never a stub."""
 
-    __slots__ = ("response_id",)
+    __slots__ = ("response",)
 
-    def __init__(self) -> None:
-        self.response_id: str | None = None
+    def __init__(self, body: dict) -> None:
+        self.response = base_response(new_id("resp_"), now(), str(body.get("model") or ""), response_echo(body),
+                                      "in_progress")
 
     async def relay(self, opened: Opened, log: UsageLog) -> AsyncIterator[bytes]:
         chunks = opened.chunks
@@ -168,9 +190,9 @@ class _NativeStream:
             async for event in prepend(opened.first, chunks):
                 if event is HEARTBEAT:
                     # A reasoning upstream can be silent for minutes; Codex's idle timer counts data events only.
-                    yield _in_progress(self.response_id or "resp_pending")
+                    yield self._event("response.in_progress", "in_progress")
                     continue
-                self.response_id = self.response_id or _response_id(event)
+                self._note(event)
                 if (event.event or "").endswith(".delta"):
                     log.first_token()
                 _native_usage(event, log)
@@ -179,9 +201,23 @@ class _NativeStream:
             await chunks.aclose()
 
     def failed(self, err: ProxyError) -> bytes:
-        return encode_event({"type": "response.failed", "response": {
-            "id": self.response_id or "resp_failed", "object": "response", "status": "failed", "output": [],
-            "error": {"code": err.code or "server_error", "message": err.message}}})
+        return self._event("response.failed", "failed",
+                           error={"code": err.code or "server_error", "message": err.message})
+
+    def _note(self, event) -> None:
+        # Only lifecycle events carry a "response" key (inside JSON strings the quotes are escaped);
+        # after a terminal one the router adds nothing, so it is not parsed here.
+        if event.event in _TERMINAL or '"response"' not in event.data:
+            return
+        try:
+            response = json.loads(event.data).get("response")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(response, dict) and isinstance(response.get("id"), str):
+            self.response = {**self.response, **response}
+
+    def _event(self, kind: str, status: str, **fields) -> bytes:
+        return encode_event({"type": kind, "response": {**self.response, "status": status, **fields}})
 
 
 def _relayed(event) -> bytes:
@@ -190,21 +226,6 @@ def _relayed(event) -> bytes:
     if event.event in ("error", "response.failed") or '"error"' in head or '"response.failed"' in head:
         return redact(event.raw.decode("utf-8", "replace")).encode()
     return event.raw
-
-
-def _response_id(event) -> str | None:
-    if '"response"' not in event.data:
-        return None
-    try:
-        response = json.loads(event.data).get("response")
-    except (ValueError, AttributeError):
-        return None
-    return response.get("id") if isinstance(response, dict) and isinstance(response.get("id"), str) else None
-
-
-def _in_progress(response_id: str) -> bytes:
-    return encode_event({"type": "response.in_progress", "response": {
-        "id": response_id, "object": "response", "status": "in_progress", "output": []}})
 
 
 def _images_in(chunk: dict) -> int:

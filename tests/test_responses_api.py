@@ -14,6 +14,7 @@ from tests.conftest import AUTH, add_credential
 from tests.fakes.openai import error_reply, stream_frames
 from tests.fakes.server import Reply
 from tests.fixtures import CODEX_FIXTURES as FIXTURES
+from tests.responses_schema import check_event, check_response
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CODEX_TURN1 = json.loads((FIXTURES / "codex_request_turn1.json").read_text())["body"]
@@ -146,3 +147,90 @@ async def test_native_responses_upstream_is_relayed_untouched(app, router_db, op
     await usage.aflush()
     row = await sync_to_async(UsageRecord.objects.get)()
     assert row.prompt_tokens > 0 and row.status == 200
+
+
+async def test_router_built_events_validate_against_the_schema(app, chat_upstream, settings):
+    """Heartbeats, the lifecycle events and a failure are complete Response objects."""
+    settings.ROUTER_KEEPALIVE_INTERVAL = 0.2
+    frames = stream_frames(["a", "b"])
+    await chat_upstream(Reply(sse=[frames[0], 0.7, *frames[1:3],
+                                   'data: {"error": {"message": "boom", "type": "server_error"}}\n\n']))
+    evs = events((await call(app, "POST", "/v1/responses", SIMPLE, AUTH)).body)
+    kinds = [e["type"] for e in evs]
+    assert kinds.count("response.in_progress") >= 3 and kinds[-1] == "response.failed"
+    for event in evs:
+        check_event(event)
+    assert evs[-1]["response"]["error"]["code"] == "server_error" and evs[-1]["response"]["completed_at"] is None
+
+
+async def test_no_stream_field_means_json(app, chat_upstream):
+    await chat_upstream(Reply(sse=stream_frames(["Hi"])))
+    res = await call(app, "POST", "/v1/responses", {"model": "gpt-4o", "input": "Say hi"}, AUTH)
+    assert res.status == 200 and res.headers["content-type"] == "application/json"
+    check_response(res.json())
+    assert res.json()["output"][-1]["content"][0]["text"] == "Hi"
+
+
+def _native_sse(*, silence: float = 0.0, cut: bool = False) -> list:
+    from tests.codex.backends import openai_response
+
+    response = openai_response({"tools": []})
+    message = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Hi", "annotations": []}]}
+    evs = [{"type": "response.created", "sequence_number": 0, "response": response},
+           {"type": "response.output_item.done", "sequence_number": 1, "output_index": 0, "item": message}]
+    if not cut:
+        evs.append({"type": "response.completed", "sequence_number": 2, "response": {
+            **response, "status": "completed", "completed_at": 1764000009, "output": [message], "usage": None}})
+    frames: list = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in evs]
+    return [frames[0], silence, *frames[1:]] if silence else frames
+
+
+@pytest.fixture
+def native_upstream(router_db, openai_fake):
+    async def make(reply: Reply):
+        fake = openai_fake(reply)
+        await sync_to_async(add_credential)("native", "openai", models={"gpt-4o": "gpt-5-up"},
+                                            api_key="sk-upstream-secret", base_url=fake.url + "/v1",
+                                            responses_api=True)
+        return fake
+    return make
+
+
+async def test_native_relay_without_stream_field_answers_json(app, native_upstream):
+    fake = await native_upstream(Reply(sse=_native_sse()))
+    res = await call(app, "POST", "/v1/responses", {"model": "gpt-4o", "input": "hi"}, AUTH)
+    assert res.status == 200 and res.headers["content-type"] == "application/json"
+    check_response(res.json())
+    assert res.json()["id"] == "resp_up_1" and res.json()["output"][0]["content"][0]["text"] == "Hi"
+    assert fake.requests[0].json["stream"] is True  # read as a stream upstream, answered as one object
+
+
+async def test_native_relay_heartbeats_and_failure_reuse_the_upstream_response(app, native_upstream, settings):
+    settings.ROUTER_KEEPALIVE_INTERVAL = 0.2
+    await native_upstream(Reply(sse=_native_sse(silence=0.7, cut=True), reset_after=1))
+    evs = events((await call(app, "POST", "/v1/responses", SIMPLE, AUTH)).body)
+    added = [e for e in evs if e["type"] in ("response.in_progress", "response.failed")]
+    assert len(added) >= 3 and added[-1]["type"] == "response.failed"
+    for event in added:
+        assert event["response"]["id"] == "resp_up_1"
+        check_response(event["response"])
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("stream", "false"), ("stream", 1), ("background", "yes"), ("temperature", "hot"), ("store", "no"),
+    ("max_output_tokens", 1.5), ("parallel_tool_calls", 0), ("metadata", []), ("top_logprobs", True),
+])
+async def test_parameters_of_the_wrong_type_are_400_naming_them(app, chat_upstream, field, value):
+    fake = await chat_upstream()
+    res = await call(app, "POST", "/v1/responses", {"model": "gpt-4o", "input": "hi", field: value}, AUTH)
+    assert res.status == 400
+    error = res.json()["error"]
+    assert (error["param"], error["type"]) == (field, "invalid_request_error") and f"`{field}`" in error["message"]
+    assert fake.requests == []
+
+
+async def test_background_mode_is_refused(app, chat_upstream):
+    await chat_upstream()
+    res = await call(app, "POST", "/v1/responses", {"model": "gpt-4o", "input": "hi", "background": True}, AUTH)
+    assert res.status == 400 and res.json()["error"]["param"] == "background"

@@ -118,7 +118,7 @@ def responses_to_chat(body: dict) -> tuple[dict, ResponsesContext]:
     summary = _copy_reasoning(body.get("reasoning"), chat)
     _copy_text_format(body.get("text"), chat)
     ctx = ResponsesContext(
-        model=model, tools=dict(registry.by_flat), echo=_echo(body), reasoning_summary=summary,
+        model=model, tools=dict(registry.by_flat), echo=response_echo(body), reasoning_summary=summary,
         dropped_tools=registry.dropped, dropped_items=history.dropped,
     )
     return chat, ctx
@@ -148,7 +148,7 @@ def _instructions(value) -> str | None:
 
 
 def _copy_sampling(body: dict, chat: dict) -> None:
-    for key in ("temperature", "top_p", "user"):
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "user"):
         if body.get(key) is not None:
             chat[key] = body[key]
     limit = body.get("max_output_tokens")
@@ -187,25 +187,58 @@ def _copy_text_format(text, chat: dict) -> None:
     chat["response_format"] = {"type": "json_schema", "json_schema": schema}
 
 
-def _echo(body: dict) -> dict:
-    """Request fields OpenAI repeats in every Response object."""
+def response_echo(body: dict) -> dict:
+    """Request fields every Response object repeats: the request's values, else OpenAI's defaults
+    (the Open Responses schema requires each one, numbers where numbers are due)."""
     reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+    text = body.get("text") if isinstance(body.get("text"), dict) else {}
     return {
         "instructions": body.get("instructions"),
-        "tools": body.get("tools") or [],
+        "tools": [_echo_tool(tool) for tool in body.get("tools") or []],
         "tool_choice": body.get("tool_choice", "auto"),
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "text": {"format": {"type": "text"}, **(body.get("text") if isinstance(body.get("text"), dict) else {})},
-        "temperature": body.get("temperature"),
-        "top_p": body.get("top_p"),
+        "text": {**text, "format": text.get("format") or {"type": "text"}},
+        "temperature": _number(body, "temperature", 1.0),
+        "top_p": _number(body, "top_p", 1.0),
+        "presence_penalty": _number(body, "presence_penalty", 0.0),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0),
+        "top_logprobs": body.get("top_logprobs") or 0,
         "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": body.get("max_tool_calls"),
         "previous_response_id": None,
-        "store": bool(body.get("store", False)),
+        "store": bool(body.get("store", False)),  # stateless: nothing is stored whatever was asked
+        "background": False,
+        "service_tier": body.get("service_tier") if body.get("service_tier") not in (None, "auto") else "default",
         "metadata": body.get("metadata") or {},
         "truncation": body.get("truncation") or "disabled",
         "user": body.get("user"),
+        "safety_identifier": body.get("safety_identifier"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
     }
+
+
+def _number(body: dict, key: str, default: float) -> float:
+    value = body.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _echo_tool(tool):
+    """A function tool as OpenAI echoes it: flat, with description, parameters and strict always present."""
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        return tool
+    spec = tool["function"] if isinstance(tool.get("function"), dict) else tool
+    strict = spec.get("strict")
+    return {**{k: v for k, v in tool.items() if k != "function"}, "type": "function", "name": spec.get("name"),
+            "description": spec.get("description"), "parameters": spec.get("parameters"),
+            "strict": strict if isinstance(strict, bool) else False}  # not strict unless asked: nothing enforced it
+
+
+def base_response(response_id: str, created_at: int, model: str, echo: dict, status: str) -> dict:
+    """A Response object with every field the schema requires; output and usage to be filled in."""
+    return {"id": response_id, "object": "response", "created_at": created_at, "completed_at": None,
+            "status": status, "model": model, "output": [], "error": None, "incomplete_details": None,
+            "usage": None, **echo}
 
 
 # ---- tools -----------------------------------------------------------------
@@ -687,9 +720,7 @@ class ResponsesStream:
                 self._event("response.in_progress", response=snapshot)]
 
     def keepalive(self) -> dict:
-        response = {"id": self.id, "object": "response", "created_at": self.created_at,
-                    "status": "in_progress", "model": self.ctx.model, "output": []}
-        return self._event("response.in_progress", response=response)
+        return self._event("response.in_progress", response=self._response("in_progress"))
 
     def feed(self, chunk: dict) -> list[dict]:
         if self._ended:
@@ -887,15 +918,17 @@ class ResponsesStream:
         response["usage"] = responses_usage(self._usage)
         if reason:
             response["incomplete_details"] = {"reason": reason}
+        else:
+            response["completed_at"] = now()
         return [self._event("response.incomplete" if reason else "response.completed", response=response)]
 
     def _done_items(self) -> list[dict]:
         return [slot.final for slot in self._items if slot.final is not None]
 
     def _response(self, status: str, output: list[dict] | None = None) -> dict:
-        return {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-                "model": self.ctx.model, "output": output or [], "error": None, "incomplete_details": None,
-                "usage": None, **self.ctx.echo}
+        response = base_response(self.id, self.created_at, self.ctx.model, self.ctx.echo, status)
+        response["output"] = output or []
+        return response
 
     def _event(self, kind: str, **fields) -> dict:
         event = {"type": kind, "sequence_number": self._seq, **fields}

@@ -212,7 +212,7 @@ class ResponsesBackend(Backend):
         usage = {"input_tokens": answer.input_tokens, "input_tokens_details": {"cached_tokens": 0},
                  "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": answer.input_tokens + 7}
-        return Reply(sse=responses_sse(items, usage), headers={"cache-control": "no-cache"})
+        return Reply(sse=responses_sse(items, usage, body), headers={"cache-control": "no-cache"})
 
     def tool_results(self, body: dict) -> list[str]:
         return [_text(item.get("output")) for item in body.get("input", [])
@@ -266,17 +266,41 @@ def _responses_call(call: Call, n: int) -> dict:
     return item
 
 
-def responses_sse(items: list[dict], usage: dict) -> list[str]:
-    """A Responses event stream delivering complete ``items`` (what real OpenAI sends, minus deltas)."""
-    response = {"id": "resp_up_1", "object": "response", "created_at": 1764000000, "model": "gpt-5.5-up"}
-    events: list[dict] = [{"type": "response.created", "response": {**response, "status": "in_progress",
-                                                                    "output": []}}]
+def responses_sse(items: list[dict], usage: dict, request: dict | None = None) -> list[str]:
+    """A Responses event stream delivering complete ``items`` (what real OpenAI sends, minus deltas):
+    sequence numbers, and Response objects with every field OpenAI fills in, echoing ``request``."""
+    response = openai_response(request or {})
+    events: list[dict] = [{"type": "response.created", "response": response},
+                          {"type": "response.in_progress", "response": response}]
     for index, item in enumerate(items):
         events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
-    events.append({"type": "response.completed", "response": {**response, "status": "completed", "output": items,
-                                                              "usage": usage}})
+    events.append({"type": "response.completed", "response": {
+        **response, "status": "completed", "completed_at": 1764000003, "output": items, "usage": usage}})
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
     return [*sse_frames(events, event_names=True)]
+
+
+def openai_response(request: dict) -> dict:
+    """An in-progress Response object as OpenAI builds it for ``request``."""
+    return {
+        "id": "resp_up_1", "object": "response", "created_at": 1764000000, "completed_at": None,
+        "status": "in_progress", "model": "gpt-5.5-up", "output": [], "error": None, "incomplete_details": None,
+        "instructions": request.get("instructions"), "tools": [_openai_tool(t) for t in request.get("tools") or []],
+        "tool_choice": request.get("tool_choice", "auto"), "parallel_tool_calls": True, "truncation": "disabled",
+        "text": {"format": {"type": "text"}, "verbosity": "medium"}, "temperature": 1.0, "top_p": 1.0,
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0, "reasoning": None, "usage": None,
+        "max_output_tokens": None, "max_tool_calls": None, "previous_response_id": None, "store": False,
+        "background": False, "service_tier": "default", "metadata": {}, "safety_identifier": None,
+        "prompt_cache_key": request.get("prompt_cache_key"), "user": None,
+    }
+
+
+def _openai_tool(tool: dict) -> dict:
+    if tool.get("type") != "function":
+        return tool
+    return {"description": None, "parameters": None, "strict": True, **tool}  # OpenAI's default: strict
 
 
 # ---- OpenAI-compatible Chat Completions ----------------------------------------------

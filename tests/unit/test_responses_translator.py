@@ -717,11 +717,43 @@ def test_terminal_response_echoes_request_fields():
     response = terminal(run(ctx, chunk({"content": "x"}), chunk(finish="stop")))
     assert response["object"] == "response" and isinstance(response["id"], str)
     assert isinstance(response["created_at"], int) and response["model"] == "gpt-5.5"
-    for key in ("instructions", "tools", "tool_choice", "parallel_tool_calls", "reasoning", "temperature",
+    for key in ("instructions", "tool_choice", "parallel_tool_calls", "reasoning", "temperature",
                 "max_output_tokens"):
         assert response[key] == body[key]
+    assert response["tools"] == [{**FN, "description": None, "strict": False}]  # as OpenAI echoes a function
     assert response["text"] == {"format": {"type": "text"}, "verbosity": "low"}
     assert response["previous_response_id"] is None and response["store"] is False
+    assert response["status"] == "completed" and response["completed_at"] >= response["created_at"]
+
+
+def test_response_objects_carry_openai_defaults_for_what_the_request_left_out():
+    stream = ResponsesStream(responses_to_chat({"model": "m", "input": "hi"})[1])
+    started = stream.started()[0]["response"]
+    done = terminal(stream.feed(chunk({"content": "x"}, "stop")) + stream.feed(usage(1, 1)))
+    expected = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "top_logprobs": 0, "max_tool_calls": None, "background": False, "service_tier": "default",
+                "safety_identifier": None, "prompt_cache_key": None, "tools": [], "tool_choice": "auto",
+                "truncation": "disabled", "parallel_tool_calls": True, "text": {"format": {"type": "text"}}}
+    for response in (started, done):
+        assert {k: response[k] for k in expected} == expected
+    assert started["completed_at"] is None and isinstance(done["completed_at"], int)
+
+
+def test_response_objects_echo_the_request_values():
+    body = {"model": "m", "input": "hi", "temperature": 0, "top_p": 0.5, "presence_penalty": 1,
+            "frequency_penalty": -1, "top_logprobs": 3, "max_tool_calls": 4, "service_tier": "flex",
+            "safety_identifier": "u-hash", "prompt_cache_key": "thread-1",
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "strict": True,
+                                                        "parameters": {"type": "object"}}}]}
+    chat, ctx = responses_to_chat(body)
+    response = ResponsesStream(ctx).started()[0]["response"]
+    assert {k: response[k] for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")} == {
+        "temperature": 0.0, "top_p": 0.5, "presence_penalty": 1.0, "frequency_penalty": -1.0}
+    assert (response["top_logprobs"], response["max_tool_calls"], response["service_tier"]) == (3, 4, "flex")
+    assert (response["safety_identifier"], response["prompt_cache_key"]) == ("u-hash", "thread-1")
+    assert response["tools"] == [{"type": "function", "name": "f", "description": "d", "strict": True,
+                                  "parameters": {"type": "object"}}]
+    assert (chat["presence_penalty"], chat["frequency_penalty"]) == (1, -1)  # applied, so echoed truthfully
 
 
 def test_encode_event():
