@@ -92,12 +92,17 @@ def check_types(body: dict, spec: dict[str, tuple[type, ...]]) -> None:
             raise bad_request(f"`{name}` must be {names}, not {type(value).__name__}.", param=name)
 
 
+# OpenAI's types for the chat parameters; a missing or null one takes OpenAI's default (`stream`: false).
 _CHAT_TYPES = {
     "stream": (bool,), "temperature": (int, float), "top_p": (int, float), "max_tokens": (int,),
     "max_completion_tokens": (int,), "n": (int,), "tools": (list,), "stop": (str, list),
     "stream_options": (dict,), "response_format": (dict,), "tool_choice": (str, dict),
     "parallel_tool_calls": (bool,), "user": (str,), "reasoning_effort": (str,),
+    "presence_penalty": (int, float), "frequency_penalty": (int, float), "seed": (int,), "logprobs": (bool,),
+    "top_logprobs": (int,), "logit_bias": (dict,), "metadata": (dict,), "store": (bool,), "modalities": (list,),
+    "service_tier": (str,), "prompt_cache_key": (str,), "safety_identifier": (str,),
 }
+_EMBEDDINGS_TYPES = {"encoding_format": (str,), "dimensions": (int,), "user": (str,)}
 
 
 def validate_chat(body: dict) -> None:
@@ -253,6 +258,11 @@ async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
     value = body.get("input")
     if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
         raise bad_request("`input` is required: a string or a non-empty array.", param="input")
+    check_types(body, _EMBEDDINGS_TYPES)
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise bad_request("`encoding_format` must be float (the default) or base64.", param="encoding_format")
+    if body.get("dimensions") is not None and body["dimensions"] < 1:
+        raise bad_request("`dimensions` must be a positive integer.", param="dimensions")
     plan = route(config, req, body)
     opened = await open_upstream(plan, lambda adapter, dep: adapter.embeddings_request(dep, body), log, stream=False)
     log.first_byte()

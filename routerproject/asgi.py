@@ -22,5 +22,14 @@ redact_daphne_access_log()
 if (bind := daphne_bind(sys.argv)) is not None:  # the daphne command (docker): warn before it listens
     warn_if_exposed(bind)
 
+
+async def refuse_websocket(scope, receive, send) -> None:
+    """No endpoint speaks WebSocket: deny the upgrade (the server answers 403) rather than fail with a
+    500 and a traceback per attempt. Clients that try one first (Codex) fall back to HTTP."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
+
+
 api_app = build_app(django_app)
-application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app})
+application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app, "websocket": refuse_websocket})

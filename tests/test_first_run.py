@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
@@ -35,9 +36,36 @@ def test_sample_config_streams_a_demo_answer(router):
     assert {"demo", "gpt-4o", "fast"} <= {m["id"] for m in models["data"]}
 
 
+def test_demo_answers_responses_as_json_and_refuses_embeddings_as_what_it_is(router):
+    live, _ = router
+    auth = {"authorization": f"Bearer {KEY}"}
+    res = httpx.post(live.url + "/v1/responses", json={"model": "demo", "input": "hi"}, headers=auth, timeout=30)
+    assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+    assert "You said: 'hi'" in res.json()["output"][0]["content"][0]["text"]
+    res = httpx.post(live.url + "/v1/embeddings", json={"model": "demo", "input": "hi"}, headers=auth, timeout=30)
+    error = res.json()["error"]
+    assert res.status_code == 400 and (error["type"], error["code"]) == ("invalid_request_error", "unsupported_model")
+    assert "demo credential" in error["message"] and "does not serve embeddings" in error["message"]
+    assert "upstream" not in error["message"]
+
+
 def test_codex_gets_an_answer_from_the_demo_model(router):
     require_codex()
     live, tmp = router
     run = CodexHome(tmp, live.url).exec("openai", "say hi", api_key=KEY, model="demo")
     assert run.rc == 0, run.describe()
     assert "Hello from Auto AI Router's demo model" in run.answer, run.describe()
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/realtime", "/admin/", "/no/such/path"])
+def test_websocket_upgrades_are_refused_cleanly(router, path):
+    live, _ = router
+    handshake = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {KEY}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(handshake.encode())
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.split("\r\n")[0].split(" ")[1] == "403", head
+    assert "Traceback" not in live.log() and "No application configured" not in live.log()
+    assert httpx.get(live.url + "/health").status_code == 200  # and the server carries on

@@ -132,6 +132,11 @@ async def test_x_api_key_is_accepted(app, upstream):
     (json.dumps({**CHAT, "stream": "yes"}).encode(), 400, "stream"),
     (json.dumps({**CHAT, "temperature": "hot"}).encode(), 400, "temperature"),
     (json.dumps({**CHAT, "max_tokens": True}).encode(), 400, "max_tokens"),
+    (json.dumps({**CHAT, "stream": 1}).encode(), 400, "stream"),
+    (json.dumps({**CHAT, "logprobs": "true"}).encode(), 400, "logprobs"),
+    (json.dumps({**CHAT, "seed": 1.5}).encode(), 400, "seed"),
+    (json.dumps({**CHAT, "presence_penalty": "0"}).encode(), 400, "presence_penalty"),
+    (json.dumps({**CHAT, "store": "false"}).encode(), 400, "store"),
 ])
 async def test_bad_input_gets_clear_400(app, upstream, body, status, param):
     fake = await upstream()
@@ -223,6 +228,17 @@ async def test_embeddings_forwarded(app, upstream):
     assert fake.requests[0].json["model"] == "gpt-4o-2024-08-06"
     res = await call(app, "POST", "/v1/embeddings", {"model": "gpt-4o"}, AUTH)
     assert res.status == 400 and res.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("encoding_format", "int8"), ("encoding_format", 1), ("dimensions", "256"), ("dimensions", 0), ("user", 7),
+])
+async def test_embeddings_parameters_are_checked(app, upstream, field, value):
+    fake = await upstream()
+    res = await call(app, "POST", "/v1/embeddings", {"model": "gpt-4o", "input": "a", field: value}, AUTH)
+    error = res.json()["error"]
+    assert res.status == 400 and error["param"] == field and f"`{field}`" in error["message"]
+    assert fake.requests == []
 
 
 async def test_models_list_and_detail(app, upstream):

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from ..config import Deployment
+from ..errors import ProxyError
 from ..translators.common import chat_chunk, chat_completion, chat_usage, content_text, new_id, now, usage_chunk
 from .base import UpstreamRequest
 from .openai import OpenAIAdapter
@@ -33,6 +35,11 @@ class DemoAdapter(OpenAIAdapter):
 
     def base_url(self, cred) -> str:
         return "http://demo.invalid/v1"
+
+    def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        raise ProxyError(400, f"model {dep.name!r} is served by the built-in demo credential, which answers chat "
+                         "(and Responses) requests only: it does not serve embeddings. Add an openai, gemini or "
+                         "vertex-ai credential for embeddings.", param="model", code="unsupported_model")
 
     async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
         if not req.url.endswith("/chat/completions"):
