@@ -10,7 +10,7 @@ Go router's (MiXaiLL76/auto_ai_router)::
         type: vertex-ai                                # openai|anthropic|gemini|vertex-ai|proxy|demo
         project_id: my-project
         location: us-central1
-        credentials_file: path/to/sa.json              # or credentials_json: (JSON string or mapping)
+        credentials_file: sa.json                      # from the YAML's folder; or credentials_json:
         models: [{name: gemini-2.5-flash}]             # original form: models inline in a credential
     models:
       - {name: claude-sonnet-4-6, credential: anthropic_main, model: claude-sonnet-4-6-20260101}
@@ -58,6 +58,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -66,7 +67,7 @@ from django.db import models, transaction
 
 from pricing import config_yaml as pricing_yaml
 
-from . import crypto
+from . import crypto, service_account
 from .models import Credential, CredentialType, ModelAlias, ProviderModel, RouterSettings, hash_key
 
 ENV_PREFIX = "os.environ/"
@@ -273,6 +274,7 @@ def load_yaml(text: str) -> Any:
 @dataclass
 class _Reader:
     environ: Mapping[str, str]
+    base_dir: Path | None = None  # the YAML file's folder: where relative file paths are resolved from
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -416,17 +418,20 @@ def _flatten(items: list, path: str) -> list[tuple[str, Any]]:
 
 
 def parse_config(
-    text: str, *, environ: Mapping[str, str] | None = None, master_key_override: str | None = None
+    text: str, *, environ: Mapping[str, str] | None = None, master_key_override: str | None = None,
+    base_dir: Path | None = None,
 ) -> ConfigSpec:
     """Read the file into a ConfigSpec. Never raises for content problems: they land in ``spec.errors``
-    (a YAML syntax error or a non-mapping document are the only problems, and end the parse)."""
+    (a YAML syntax error or a non-mapping document are the only problems, and end the parse).
+    ``base_dir``: the YAML file's folder; relative ``credentials_file`` paths are resolved from it and stored
+    absolute (without it, from the router's folder, as in the admin)."""
     spec = ConfigSpec()
     try:
         data = load_yaml(text)
     except ConfigError as exc:
         spec.errors.extend(exc.errors)
         return spec
-    r = _Reader(os.environ if environ is None else environ)
+    r = _Reader(os.environ if environ is None else environ, base_dir)
     if data is None:
         r.error(TOP, "the file is empty; expected a mapping with credentials, models, model_aliases...")
     elif not isinstance(data, dict):
@@ -507,6 +512,8 @@ def _parse_credential(r: _Reader, item: Any, path: str, spec: ConfigSpec) -> Non
         values[key] = r.text(item, key, path)
     for key, model_field in (("api_key", "api_key"), ("credentials_json", "service_account_json")):
         values[model_field] = _secret(r, item, key, path, cred, model_field)
+    if values["type"] == CredentialType.VERTEX and not values["service_account_json"] and not cred.keep:
+        values["credentials_file"] = _key_file(r, values["credentials_file"], join(path, "credentials_file"))
     header_key = _header_key(r, item, path)
     cred.keys = {"service_account_json": "credentials_json", "extra_headers": header_key}
     values["extra_headers"] = _headers(r, item, header_key, path)
@@ -565,6 +572,16 @@ def _secret(r: _Reader, item: dict, key: str, path: str, cred: CredentialSpec, m
     if key == "credentials_json" and isinstance(value, dict):
         return json.dumps(value, indent=2)
     return r.as_text(value, join(path, key), secret=True)
+
+
+def _key_file(r: _Reader, value: Any, where: str) -> Any:
+    """A service-account file checked where the YAML says it is, and stored as an absolute path."""
+    if r.base_dir is None or not isinstance(value, str) or not value:
+        return value
+    found = service_account.file_problems(value, r.base_dir, "the YAML file's folder")
+    for problem in found:
+        r.error(where, problem)
+    return MISSING if found else str(service_account.resolve(value, r.base_dir))
 
 
 def _header_key(r: _Reader, item: dict, path: str) -> str:
@@ -1067,10 +1084,10 @@ def apply_plan(plan: Plan) -> None:
 
 def import_config(
     text: str, *, dry_run: bool = False, prune: bool = False, environ: Mapping[str, str] | None = None,
-    master_key_override: str | None = None,
+    master_key_override: str | None = None, base_dir: Path | None = None,
 ) -> Plan:
     """Parse, validate and (unless ``dry_run``) apply a YAML config in one transaction: all or nothing."""
-    spec = parse_config(text, environ=environ, master_key_override=master_key_override)
+    spec = parse_config(text, environ=environ, master_key_override=master_key_override, base_dir=base_dir)
     with transaction.atomic():
         plan = build_plan(spec, prune=prune)
         if not dry_run:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -18,6 +17,7 @@ from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from . import service_account
 from .fields import EncryptedJSONField, EncryptedTextField
 
 # Any http(s) URL, including single-label hosts (docker-compose service names such as http://vllm:8000/v1).
@@ -83,7 +83,7 @@ class Credential(models.Model):
         return f"<Credential {self.name} ({self.type})>"
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors: dict[str, str | list[str]] = {}
         if self.type == CredentialType.VERTEX:
             if not self.project_id:
                 errors["project_id"] = "A Vertex AI credential needs a project id."
@@ -94,15 +94,13 @@ class Credential(models.Model):
                     "A Vertex AI credential needs a service account: paste the JSON key or give a file path."
                 )
             if self.service_account_json:
-                try:
-                    info = json.loads(self.service_account_json)
-                    missing = [k for k in ("client_email", "private_key", "token_uri") if k not in info]
-                    if missing:
-                        errors["service_account_json"] = f"The service-account JSON lacks: {', '.join(missing)}."
-                except ValueError:
-                    errors["service_account_json"] = "The service-account JSON is not valid JSON."
-            if self.credentials_file and not self.service_account_json and not Path(self.credentials_file).is_file():
-                errors["credentials_file"] = f"No readable file at {self.credentials_file}."
+                found = service_account.text_problems(self.service_account_json)
+                if found:
+                    errors["service_account_json"] = [f"The service-account JSON: {p}." for p in found]
+            elif self.credentials_file:
+                found = service_account.file_problems(self.credentials_file)
+                if found:
+                    errors["credentials_file"] = found
         elif (self.type in (CredentialType.OPENAI, CredentialType.ANTHROPIC, CredentialType.GEMINI)
               and not self.api_key and not self.base_url):
             errors["api_key"] = f"A {self.get_type_display()} credential needs an API key."
@@ -123,7 +121,7 @@ class Credential(models.Model):
         if self.service_account_json:
             return json.loads(self.service_account_json)
         if self.credentials_file:
-            return json.loads(Path(self.credentials_file).read_text())
+            return json.loads(service_account.resolve(self.credentials_file).read_text())
         return None
 
 

@@ -205,6 +205,34 @@ def test_vertex_without_anything_lists_every_missing_part(admin_client):
         assert message in html
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"type": "authorized_user"}, "`type` is &#x27;authorized_user&#x27;, not &quot;service_account&quot;"),
+    ({"private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}, "`private_key` does not load"),
+    ({"token_uri": None}, "`token_uri` is missing"),
+])
+def test_a_malformed_service_account_is_refused_in_the_admin(admin_client, change, message):
+    info = {k: v for k, v in {**json.loads(service_account_json()), **change}.items() if v is not None}
+    post = credential_post(name="vertex_new", type="vertex-ai", project_id="p", location="global",
+                           service_account_json=json.dumps(info))
+    html = admin_client.post(url("add", "credential"), post).content.decode()
+    assert "The service-account JSON: " + message in html
+    assert "PRIVATE KEY" not in html and not Credential.objects.filter(name="vertex_new").exists()
+
+
+def test_a_service_account_file_is_checked_in_the_admin(admin_client, tmp_path):
+    post = credential_post(name="vertex_new", type="vertex-ai", project_id="p", location="global",
+                           credentials_file="no/such/sa.json")
+    html = admin_client.post(url("add", "credential"), post).content.decode()
+    assert "No readable file at no/such/sa.json" in html and "resolved from the router&#x27;s folder" in html
+    (tmp_path / "sa.json").write_text("{}")
+    post["credentials_file"] = str(tmp_path / "sa.json")
+    html = admin_client.post(url("add", "credential"), post).content.decode()
+    assert "`client_email` is missing" in html and not Credential.objects.filter(name="vertex_new").exists()
+    post["credentials_file"] = "examples/vertex-sa.json"  # the shipped example, from the router's folder
+    assert admin_client.post(url("add", "credential"), post).status_code == 302
+    assert Credential.objects.get(name="vertex_new").service_account_info()["type"] == "service_account"
+
+
 def test_openai_without_key_is_refused_and_the_typed_values_are_not_echoed(admin_client):
     post = credential_post(name="bad name!", api_key=SECRET)
     html = admin_client.post(url("add", "credential"), post).content.decode()

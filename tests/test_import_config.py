@@ -633,11 +633,15 @@ ERROR_CASES = {
     ),
     "vertex with a missing file": (
         "credentials: [{name: v, type: vertex-ai, project_id: p, location: global, credentials_file: nope.json}]",
-        ["credentials[0].credentials_file: No readable file at nope.json."],
+        ["credentials[0].credentials_file: No readable file at nope.json (no such file): relative paths are "
+         "resolved from the YAML file's folder"],
     ),
     "vertex with a broken service-account JSON": (
         "credentials: [{name: v, type: vertex-ai, project_id: p, location: global, credentials_json: '{\"a\": 1}'}]",
-        ["credentials[0].credentials_json: The service-account JSON lacks: client_email, private_key, token_uri."],
+        ["credentials[0].credentials_json: The service-account JSON: `type` is missing.",
+         "credentials[0].credentials_json: The service-account JSON: `client_email` is missing.",
+         "credentials[0].credentials_json: The service-account JSON: `private_key` is missing.",
+         "credentials[0].credentials_json: The service-account JSON: `token_uri` is missing."],
     ),
     "openai without key": (
         "credentials: [{name: a, type: openai}]", ["credentials[0].api_key: A OpenAI / OpenAI-compatible credential"],

@@ -26,7 +26,8 @@ class Command(BaseCommand):
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"cannot read {path}: {exc}") from None
         try:
-            plan = import_config(text, dry_run=dry_run, prune=prune, master_key_override=settings.ROUTER_MASTER_KEY)
+            plan = import_config(text, dry_run=dry_run, prune=prune, master_key_override=settings.ROUTER_MASTER_KEY,
+                                 base_dir=Path(path).resolve().parent)
         except ConfigError as exc:
             self._warn(exc.warnings)
             listing = "\n".join(f"  {e}" for e in exc.errors)
