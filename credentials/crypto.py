@@ -34,12 +34,15 @@ def _fernet_for(key: str) -> Fernet:
 
 @lru_cache(maxsize=4)
 def _multifernet(raw: str) -> MultiFernet:
-    keys = [k.strip() for k in raw.split(",") if k.strip()]
-    if not keys:
-        if not (settings.DEBUG or settings.TESTING):
-            log.warning("ROUTER_ENCRYPTION_KEY is not set: using the local development key")
-        keys = [DEV_KEY]
+    keys = [k.strip() for k in raw.split(",") if k.strip()] or [DEV_KEY]
     return MultiFernet([_fernet_for(k) for k in keys])
+
+
+def warn_if_development_key() -> None:
+    """Said once where the server starts (routerproject.asgi), not on every manage.py command."""
+    if not settings.ROUTER_ENCRYPTION_KEY.strip(",").strip() and not (settings.DEBUG or settings.TESTING):
+        log.warning("ROUTER_ENCRYPTION_KEY is not set: secrets are encrypted with the local development key. "
+                    "Set it in production (see the README's settings).")
 
 
 def _cipher() -> MultiFernet:

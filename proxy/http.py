@@ -11,6 +11,8 @@ separately), so the client's own read timeout is off.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import ssl
 import weakref
 
@@ -49,6 +51,7 @@ def client() -> httpx.AsyncClient:
 
             c = HttpxAiohttpClient(**kwargs)
         _clients[loop] = c
+        _close_at_exit()
     return c
 
 
@@ -57,3 +60,24 @@ async def aclose() -> None:
     c = _clients.pop(asyncio.get_running_loop(), None)
     if c is not None:
         await c.aclose()
+
+
+_registered = False
+
+
+def _close_at_exit() -> None:
+    """Daphne sends no lifespan shutdown: close what is still open when the process exits, so no
+    "Unclosed client session" warning ends every run (and keep-alive connections close cleanly)."""
+    global _registered
+    if not _registered:
+        _registered = True
+        atexit.register(_close_all)
+
+
+def _close_all() -> None:
+    for loop, c in list(_clients.items()):
+        if c.is_closed or loop.is_closed() or loop.is_running():
+            continue
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(c.aclose())
+    _clients.clear()

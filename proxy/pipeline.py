@@ -443,7 +443,24 @@ def _rate_limited(errors: list[ProxyError], skips: Sequence[Skip], name: str) ->
 
 def _unavailable(skips: Sequence[Skip], name: str) -> ProxyError:
     waits = [s.wait for s in skips if s.wait is not None]
-    cooling = sum(1 for s in skips if s.reason == "cooldown" and not s.rate)
-    return ProxyError(503, f"No deployment of `{name}` is available: {cooling} of {len(skips)} cooling down after "
-                      "upstream errors, the others at their limits; an admin can clear cooldowns.",
+    return ProxyError(503, f"No deployment of `{name}` is available: {unavailable_summary(skips)}.",
                       code="service_unavailable", retry_after=max(1.0, min(waits)) if waits else None)
+
+
+def unavailable_summary(skips: Sequence[Skip]) -> str:
+    """Why every deployment was passed over, in words that fit the counts (no "the others" when none)."""
+    total = len(skips)
+    cooling = sum(1 for s in skips if s.reason == "cooldown" and not s.rate)
+    limited = total - cooling
+    if not cooling:
+        return "its deployment is at its limits" if total == 1 else f"all {total} deployments are at their limits"
+    if not limited:
+        parts = ["its deployment is" if total == 1 else f"all {total} deployments are"]
+    else:
+        parts = [f"{cooling} of {total} deployments {'is' if cooling == 1 else 'are'}"]
+    parts.append(" cooling down after upstream errors")
+    if limited:
+        parts.append(f" and {limited} {'is' if limited == 1 else 'are'} at {'its' if limited == 1 else 'their'} "
+                     "limits")
+    parts.append("; an admin can lift cooldowns under Proxy > Routing state")
+    return "".join(parts)

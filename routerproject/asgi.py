@@ -14,6 +14,7 @@ from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
+from credentials.crypto import warn_if_development_key  # noqa: E402
 from proxy.logging import redact_daphne_access_log  # noqa: E402
 from proxy.urls import build_app  # noqa: E402
 from routerproject.exposure import daphne_bind, warn_if_exposed  # noqa: E402
@@ -31,5 +32,6 @@ async def refuse_websocket(scope, receive, send) -> None:
         await send({"type": "websocket.close", "code": 1008})
 
 
+warn_if_development_key()
 api_app = build_app(django_app)
 application = ProtocolTypeRouter({"http": api_app, "lifespan": api_app, "websocket": refuse_websocket})

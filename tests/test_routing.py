@@ -544,6 +544,11 @@ def test_admin_shows_cooldowns_limits_and_backend(admin_client, pool_with_cooldo
     assert "slow down please" in html and "it broke" in html and "State backend: <strong>local" in html
     assert "RPM (credential): 1 / 5" in html
     assert "sk-upstream-secret" not in html
+    # The admin's own breadcrumb markup (Django 6: an <ol>, styled; the old <div> renders as plain text).
+    crumbs = html[html.index('<nav aria-label="Breadcrumbs">'):]
+    crumbs = crumbs[:crumbs.index("</nav>")]
+    assert '<ol class="breadcrumbs">' in crumbs and '<li aria-current="page">Routing state</li>' in crumbs
+    assert 'href="/admin/"' in crumbs and 'href="/admin/proxy/"' in crumbs
 
 
 def test_admin_lifts_selected_then_all_cooldowns(admin_client, pool_with_cooldowns, st):
