@@ -1,9 +1,10 @@
 """Every YAML config shown in README.md and docs/*.md imports as documented, in a clone-like folder.
 
-Each ```yaml block is written as ``router.yaml`` at the root of a folder holding what a fresh clone
-has beside it (``examples/``), its ``os.environ/VAR`` references are set (the docs tell the reader to
-set them), and ``manage.py import_config router.yaml`` runs on it. Missing key files stay refused,
-with a message saying where relative paths are resolved from.
+Each ```yaml block is written as ``router.yaml`` at the root of a folder holding the data files a fresh
+clone has that configs may name (``examples/``, ``pricing/data/``), its ``os.environ/VAR`` references are
+set (the docs tell the reader to set them), and ``manage.py import_config router.yaml`` runs there, as the
+README runs it. Missing key files stay refused, with a message saying where relative paths are resolved
+from.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ BLOCKS = yaml_blocks()
 
 
 def test_the_docs_have_yaml_configs():
-    assert len(BLOCKS) >= 3, BLOCKS  # README's example and fail2ban section, docs/codex.md's router.yaml
+    assert len(BLOCKS) >= 4, BLOCKS  # README's example, fail2ban and prices sections, docs/codex.md's router.yaml
+
+
+DATA_DIRS = ("examples", "pricing/data")
 
 
 def clone_like(tmp_path: Path, text: str) -> Path:
-    """A folder with what a fresh clone has for configs (examples/), and the snippet as router.yaml."""
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    """A folder with the data files a fresh clone has for configs, and the snippet as router.yaml."""
+    for folder in DATA_DIRS:
+        shutil.copytree(ROOT / folder, tmp_path / folder)
     (tmp_path / "router.yaml").write_text(text)
     return tmp_path / "router.yaml"
 
@@ -55,7 +60,7 @@ def clone_like(tmp_path: Path, text: str) -> Path:
 def test_documented_config_imports(tmp_path, monkeypatch, capsys, where, text):
     for name in set(_ENV.findall(text)):
         monkeypatch.setenv(name, f"value-of-{name.lower()}-0123456789")
-    monkeypatch.chdir(tmp_path.parent)  # the command is run from anywhere: paths follow the YAML file
+    monkeypatch.chdir(tmp_path)  # the README's commands run from the clone's root
     path = clone_like(tmp_path, text)
     call_command("import_config", str(path))
     out = capsys.readouterr().out
