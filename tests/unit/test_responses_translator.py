@@ -982,3 +982,28 @@ def test_chat_to_response_status_and_list_content(finish, status):
     assert response["status"] == status
     assert response["output"][0]["content"][0]["text"] == "ab"
     assert response["usage"]["total_tokens"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["text", "reasoning-and-tool", "incomplete", "failed"])
+def test_every_event_validates_against_the_open_responses_schema(scenario):
+    from tests.responses_schema import check_event, check_response
+
+    ctx = ctx_with_tools([FN], temperature=0.2, reasoning={"effort": "low", "summary": "auto"})
+    if scenario == "text":
+        events = run(ctx, start(), chunk({"content": "Hi"}), chunk(finish="stop"), usage(5, 1))
+    elif scenario == "reasoning-and-tool":
+        events = run(ctx, start(), chunk({"reasoning_content": "Run it."}),
+                     call_delta(0, "call_1", "exec_command", '{"cmd":'), call_delta(0, arguments=' "ls"}'),
+                     chunk(finish="tool_calls"), usage(9, 4, reasoning=2))
+    elif scenario == "incomplete":
+        events = run(ctx, start(), chunk({"content": "cut"}), chunk(finish="length"), usage(5, 1))
+    else:
+        events = run(ctx, start(), chunk({"content": "part"}))  # no finish_reason: the stream failed
+    for event in events:
+        check_event(event)
+    final = events[-1]["response"]
+    check_response(final)
+    expected = {"text": "response.completed", "reasoning-and-tool": "response.completed",
+                "incomplete": "response.incomplete", "failed": "response.failed"}[scenario]
+    assert events[-1]["type"] == expected
+    assert (final["completed_at"] is not None) == (expected == "response.completed")
