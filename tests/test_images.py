@@ -413,8 +413,8 @@ async def test_responses_on_a_gemini_image_model_returns_image_generation_calls(
     assert output[1]["result"] == drawn and output[1]["status"] == "completed"
     assert "tools" not in fake.requests[0].json  # the hosted image tool has no Gemini equivalent: dropped
     streamed = await call(app, "POST", "/v1/responses",
-                          {"model": "nano", "input": [{"role": "user", "content": "Draw"}, *output,
-                                                      {"role": "user", "content": "Again"}]}, AUTH)
+                          {"model": "nano", "stream": True, "input": [{"role": "user", "content": "Draw"}, *output,
+                                                                      {"role": "user", "content": "Again"}]}, AUTH)
     events = [json.loads(d) for d in streamed.sse_data()]
     kinds = [e["type"] for e in events]
     assert "response.image_generation_call.in_progress" in kinds and "response.image_generation_call.completed" in kinds
@@ -434,7 +434,8 @@ async def test_image_generation_tool_goes_natively_to_openai_responses(app, back
     fake = openai_fake(Reply(sse=frames))
     await sync_to_async(add_credential)("native_images", "openai", models={"gpt-5": "gpt-5"},
                                         api_key="sk-upstream-secret", base_url=fake.url, responses_api=True)
-    body = {"model": "gpt-5", "input": "Draw a fox", "tools": [{"type": "image_generation", "partial_images": 1}]}
+    body = {"model": "gpt-5", "input": "Draw a fox", "stream": True,
+            "tools": [{"type": "image_generation", "partial_images": 1}]}
     res = await call(app, "POST", "/v1/responses", body, AUTH)
     assert res.status == 200 and res.sse_data()[-1] == json.dumps({"type": "response.completed", "response": final})
     assert fake.requests[0].json["tools"] == [{"type": "image_generation", "partial_images": 1}]
