@@ -270,8 +270,9 @@ async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
     await opened.response.aclose()
     with upstream_shape(opened.adapter.provider):
         data = opened.adapter.embeddings_response(upstream_json(raw, opened.adapter.provider), opened.req.ctx)
-        u = data.get("usage") or {}
-        log.prompt = int(u.get("prompt_tokens") or u.get("total_tokens") or 0)
+        u = data.get("usage")
+        if isinstance(u, dict):
+            log.add_usage({"prompt_tokens": u.get("prompt_tokens") or u.get("total_tokens")})
     return json_response(data)
 
 
@@ -327,6 +328,8 @@ async def health(req: Request) -> Response:
     payload["credentials_enabled"] = len(config.credentials) if config else None
     payload["models"] = len(config.pools) if config else None
     payload["usage_log"] = usage.writer.stats()
+    if payload["usage_log"]["state"] != "ok":
+        payload["status"] = "degraded"  # rows are kept, but the writer is failing or far behind
     payload["auth_failures"] = auth.failures.total
     payload["body_budget"] = body_budget.budget.stats()
     payload["connections"] = server_limits.stats()

@@ -145,18 +145,18 @@ def test_copy_rows_get_defaults_and_storable_values():
     from django.db import connection
 
     from proxy.models import UsageRecord
-    from proxy.usage import write_rows
+    from proxy.usage.rows import clean, write_rows
 
     if connection.vendor != "postgresql":
         pytest.skip("COPY is the PostgreSQL path; other databases use bulk_create")
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
-    write_rows([
+    write_rows([clean(row) for row in (
         {"created_at": now, "request_id": "req_min", "endpoint": "chat.completions", "status": 200},
         {"created_at": now, "request_id": "req_odd", "endpoint": "chat.completions", "status": 502,
          "error_type": "x" * 100, "error_message": "bad\x00byte", "ttfb_ms": None},
-    ])
+    )])
     minimal, odd = UsageRecord.objects.order_by("id")
     assert (minimal.key_id, minimal.attempts, minimal.stream, minimal.ttfb_ms) == ("", 1, False, None)
     assert odd.error_type == "x" * 64 and odd.error_message == "badbyte"

@@ -1,4 +1,5 @@
-"""The batched usage writer: off the request path, survives a database outage, bounded, flushed at exit."""
+"""The batched usage writer: off the request path, survives a database outage, bounded, flushed at exit,
+never stopped by one row the database refuses."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import httpx
 import pytest
 from django.db import OperationalError
 
-from proxy import usage
 from proxy.models import UsageRecord
 from proxy.usage import UsageWriter
+from proxy.usage import rows as usage_rows
 from tests.live import LiveRouter
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +30,7 @@ def test_rows_are_written_in_batches_by_the_thread():
 
 def test_database_outage_keeps_rows_and_retries(monkeypatch):
     writer = UsageWriter()
-    real = usage.write_rows
+    real = usage_rows.write_rows
     calls = {"n": 0}
 
     def flaky(rows):
@@ -38,7 +39,7 @@ def test_database_outage_keeps_rows_and_retries(monkeypatch):
             raise OperationalError("database is down")
         return real(rows)
 
-    monkeypatch.setattr(usage, "write_rows", flaky)
+    monkeypatch.setattr(usage_rows, "write_rows", flaky)
     for i in range(5):
         writer.record(row(i))
     assert not writer._write_all()  # first attempt fails: rows kept
