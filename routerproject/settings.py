@@ -181,6 +181,8 @@ ROUTER_USAGE_LOGGING = env_bool("ROUTER_USAGE_LOGGING", True)
 ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
 ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
 ROUTER_USAGE_DEGRADED_PENDING = env_int("ROUTER_USAGE_DEGRADED_PENDING", 10_000)  # /health degraded past this queue
+# rows the database cannot take now wait here (JSON lines, replayed in order, at the next start too)
+ROUTER_USAGE_SPOOL_DIR = os.environ.get("ROUTER_USAGE_SPOOL_DIR") or str(BASE_DIR / "data" / "usage-spool")
 ROUTER_HTTP_TRANSPORT = os.environ.get("ROUTER_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
 ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)  # per alias target
 ROUTER_MAX_HOPS = env_int("ROUTER_MAX_HOPS", 5)  # router chains: more hops than this is a loop (508)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -20,6 +22,20 @@ async def _close_thread_connections():
 
     await http.aclose()
     await sync_to_async(connections.close_all)()
+
+
+_spool_ids = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _usage_spool_dir(request, tmp_path_factory):
+    """Each test spools usage rows to its own directory (created only if a test spools), never the project's."""
+    from django.conf import settings
+
+    if settings.configured:
+        spool = tmp_path_factory.getbasetemp() / "usage-spool" / str(next(_spool_ids))
+        request.getfixturevalue("settings").ROUTER_USAGE_SPOOL_DIR = str(spool)
+    yield
 
 
 MASTER_KEY = "sk-router-test-key"

@@ -42,22 +42,22 @@ def test_database_outage_keeps_rows_and_retries(monkeypatch):
     monkeypatch.setattr(usage_rows, "write_rows", flaky)
     for i in range(5):
         writer.record(row(i))
-    assert not writer._write_all()  # first attempt fails: rows kept
-    assert writer.stats()["pending"] == 5 and writer.stats()["write_failures"] == 1
+    assert not writer._write_all()  # first attempt fails: rows kept (in the spool)
+    assert writer.stats()["spooled"] == 5 and writer.stats()["write_failures"] == 1
     assert not writer._write_all()
     assert writer._write_all()
     assert list(UsageRecord.objects.order_by("id").values_list("request_id", flat=True)) == [
         f"req_{i}" for i in range(5)]
 
 
-def test_at_the_bound_the_oldest_rows_are_dropped_and_counted(settings, monkeypatch):
+def test_at_the_bound_the_queue_moves_to_the_spool(settings, monkeypatch):
     settings.ROUTER_USAGE_MAX_PENDING = 3
     writer = UsageWriter()
     monkeypatch.setattr(writer, "_start", lambda: None)  # no thread: the database "never comes back"
     for i in range(5):
         writer.record(row(i))
-    assert writer.stats()["dropped"] == 2
-    assert [r["request_id"] for r in writer.pending] == ["req_2", "req_3", "req_4"]
+    assert writer.stats()["dropped"] == 0 and writer.stats()["spooled"] == 3
+    assert [r["request_id"] for r in writer.pending] == ["req_3", "req_4"]
 
 
 def test_logging_off_records_nothing(settings):

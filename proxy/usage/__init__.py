@@ -40,11 +40,10 @@ async def aflush() -> bool:
 
 @atexit.register
 def _flush_at_exit() -> None:
-    if writer.pending:
-        try:
-            writer.flush(5.0)
-        except Exception:
-            log.exception("usage rows lost at shutdown")
+    try:
+        writer.close(5.0)  # what the database does not take in time goes to the spool
+    except Exception:
+        log.exception("usage rows not flushed at exit")
 
 
 def token_count(value: Any) -> int | None:
