@@ -22,7 +22,7 @@ from typing import Protocol
 
 from django.conf import settings
 
-from . import server_limits
+from . import server_limits, shutdown
 from .auth import Principal, authenticate, presented_key
 from .body_budget import Reservation, budget
 from .errors import ProxyError
@@ -141,6 +141,11 @@ class ApiApp:
                 return
         request_id = "req_" + secrets.token_hex(12)
         sender = _Sender(send)
+        if shutdown.draining():  # SIGTERM: a request on a kept-alive connection is told to go elsewhere
+            refusal = error_response(shutdown.error())
+            refusal.headers["connection"] = "close"
+            await sender.respond(refusal, request_id)
+            return
         try:
             await self._serve(scope, receive, sender, methods, param, request_id)
         except asyncio.CancelledError:
@@ -185,6 +190,7 @@ class ApiApp:
             return
         ends = [observe(req.method, req.path, headers) for observe in request_observers]
         task = asyncio.ensure_future(self._respond(handler, req, sender))
+        shutdown.track(task)
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
             await task
@@ -338,14 +344,15 @@ class _Sender:
                 async for chunk in stream:
                     await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
                 outcome = "done"
+            except asyncio.CancelledError:
+                err = shutdown.cut_error()
+                if err is None:
+                    raise  # the client left
+                outcome = "failed"
+                await self._terminal(response, err)
             except Exception as exc:
                 outcome = "failed"
-                err = as_proxy_error(exc, request_id, started=True)
-                if usage is not None:
-                    usage.fail(err)
-                if response.terminal is not None:
-                    await self.send({"type": "http.response.body", "body": response.terminal(err),
-                                     "more_body": True})
+                await self._terminal(response, as_proxy_error(exc, request_id, started=True))
             await self.send({"type": "http.response.body", "body": b""})
         finally:
             for observe in stream_observers:
@@ -357,3 +364,10 @@ class _Sender:
                     if outcome == "cut" and not usage.error_type:
                         usage.client_closed, usage.status = True, 499
                     usage.finish()
+
+    async def _terminal(self, response: StreamingResponse, err: ProxyError) -> None:
+        """End a stream whose headers are out with its endpoint's error frame; the row says why."""
+        if response.usage is not None:
+            response.usage.fail(err)
+        if response.terminal is not None:
+            await self.send({"type": "http.response.body", "body": response.terminal(err), "more_body": True})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import images_api, responses_api, usage, views
+from . import images_api, responses_api, shutdown, usage, views
 from .asgi import ApiApp
 
 
@@ -25,4 +25,5 @@ def build_app(fallback) -> ApiApp:
     # served without a router key (a valid one shows more on /health; /metrics checks its own token)
     open_paths = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
     usage.writer.start()  # rows an earlier process spooled are replayed now, not at the first request
+    shutdown.install()
     return ApiApp(routes, prefixes, fallback, optional_auth=open_paths)

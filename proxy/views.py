@@ -7,11 +7,12 @@ in-memory snapshot, usage goes to the batched writer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from . import auth, body_budget, db, discovery, routing, server_limits, usage
+from . import auth, body_budget, db, discovery, routing, server_limits, shutdown, usage
 from . import config as config_mod
 from . import state as state_mod
 from .asgi import Request, Response, StreamingResponse, json_response
@@ -137,7 +138,12 @@ async def guarded(log: UsageLog, coro):
         log.fail(err)
         log.finish()
         raise err from None
-    except BaseException:
+    except BaseException as exc:
+        cut = shutdown.cut_error() if isinstance(exc, asyncio.CancelledError) else None
+        if cut is not None:  # SIGTERM's grace ran out before the answer: 503, not "the client left"
+            log.fail(cut)
+            log.finish()
+            raise cut from None
         log.status, log.client_closed = 499, True
         log.finish()
         raise

@@ -182,6 +182,8 @@ ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
 ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
 ROUTER_USAGE_DEGRADED_PENDING = env_int("ROUTER_USAGE_DEGRADED_PENDING", 10_000)  # /health degraded past this queue
 # rows the database cannot take now wait here (JSON lines, replayed in order, at the next start too)
+# on SIGTERM: how long requests in flight get to finish before they are ended with a server_shutdown error
+ROUTER_SHUTDOWN_GRACE_SECONDS = env_float("ROUTER_SHUTDOWN_GRACE_SECONDS", 30.0)
 ROUTER_USAGE_SPOOL_DIR = os.environ.get("ROUTER_USAGE_SPOOL_DIR") or str(BASE_DIR / "data" / "usage-spool")
 ROUTER_HTTP_TRANSPORT = os.environ.get("ROUTER_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
 ROUTER_MAX_ATTEMPTS = env_int("ROUTER_MAX_ATTEMPTS", 3)  # per alias target

@@ -53,7 +53,9 @@ class LiveRouter:
                  db: Path | None = None) -> None:
         self.tmp = tmp_path
         self.db = db or tmp_path / f"router-{free_port()}.sqlite3"
-        self.extra_env = {"ROUTER_USAGE_SPOOL_DIR": str(tmp_path / f"spool-{self.db.stem}"), **(env or {})}
+        # a stopped test router lets requests in flight finish for a moment, not the production 30 s
+        self.extra_env = {"ROUTER_USAGE_SPOOL_DIR": str(tmp_path / f"spool-{self.db.stem}"),
+                          "ROUTER_SHUTDOWN_GRACE_SECONDS": "3", **(env or {})}
         self.port = free_port()
         self.log_path = tmp_path / f"daphne-{self.port}.log"
         self.proc: subprocess.Popen | None = None
