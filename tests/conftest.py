@@ -38,6 +38,27 @@ def _usage_spool_dir(request, tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def usage_writers(monkeypatch):
+    """Every ``UsageWriter`` a test creates is stopped after it, and the process-wide writer does not
+    scan for spooled files meanwhile: one writer per spool directory, as in a router process."""
+    from proxy import usage
+    from proxy.usage import UsageWriter
+
+    created: list[UsageWriter] = []
+    init = UsageWriter.__init__
+
+    def tracked(self) -> None:
+        init(self)
+        created.append(self)
+
+    monkeypatch.setattr(UsageWriter, "__init__", tracked)
+    monkeypatch.setattr(usage.writer, "_next_scan", float("inf"))
+    yield
+    for writer in created:
+        writer.stop()
+
+
 MASTER_KEY = "sk-router-test-key"
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
 

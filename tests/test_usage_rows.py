@@ -22,6 +22,8 @@ from tests.conftest import AUTH, add_credential
 from tests.fakes.openai import completion, stream_frames
 from tests.fakes.server import Reply
 
+pytestmark = pytest.mark.usefixtures("usage_writers")
+
 INT_MAX = 2**31 - 1
 
 

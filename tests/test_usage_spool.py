@@ -19,7 +19,7 @@ from proxy.usage import rows as usage_rows
 from proxy.usage.spool import Spool
 from tests.live import LiveRouter
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("usage_writers")]
 
 
 def row(i: int) -> dict:
@@ -118,6 +118,34 @@ def test_a_torn_last_line_is_counted_and_the_rest_replayed(settings):
     assert writer._write_all()
     assert written_ids() == [f"req_{i:04d}" for i in range(3)]
     assert writer.stats()["dropped"] == 1
+
+
+def test_an_outage_in_the_middle_of_a_replay_resumes_where_it_stopped(settings, monkeypatch):
+    writer = UsageWriter()
+    spool = writer.spool()
+    spool.append([usage_rows.clean(row(i)) for i in range(1200)])  # three batches
+    spool.seal()
+    [path] = spool.files()
+    with path.open("ab") as f:
+        f.write(b'{"torn')
+    real = usage_rows.write_rows
+    calls = {"n": 0}
+
+    def write(rows):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        real(rows)
+
+    monkeypatch.setattr(usage_rows, "write_rows", write)
+    writer._start = lambda: None
+    writer.start()
+    assert not writer._write_all()
+    assert UsageRecord.objects.count() == 500
+    assert writer._write_all()
+    assert written_ids() == [f"req_{i:04d}" for i in range(1200)]
+    stats = writer.stats()
+    assert (stats["replayed"], stats["dropped"], stats["spooled"]) == (1200, 1, 0)
 
 
 def test_a_file_another_router_holds_is_left_to_it(settings, tmp_path):

@@ -12,7 +12,7 @@ from proxy.usage import UsageWriter
 from proxy.usage import rows as usage_rows
 from tests.live import LiveRouter
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("usage_writers")]
 
 
 def row(i: int) -> dict:

@@ -78,6 +78,8 @@ class UsageWriter:
         self._inflight: list[dict[str, Any]] = []
         self._spool: Spool | None = None
         self._backlog = False  # the spool may hold rows: newer rows queue behind them
+        self._progress: dict[str, int] = {}  # spool file -> rows of it committed by this process
+        self._stopped = False
         self._next_scan = 0.0
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -172,10 +174,12 @@ class UsageWriter:
                 if claimed is None:
                     continue
                 rows, torn = claimed
-                if torn:
+                if torn and path.name not in self._progress:
                     self.spooled = max(0, self.spooled - torn)
                     self._drop(torn, f"unreadable lines in {path.name} (a crash mid-append)")
-                for i in range(0, len(rows), BATCH):
+                # rows of this file this process already committed (an outage stopped an earlier pass)
+                start = self._progress.setdefault(path.name, 0)
+                for i in range(start, len(rows), BATCH):
                     batch = [rows_mod.clean(r) for r in rows[i:i + BATCH]]
                     try:
                         fresh = _not_yet_written(batch)
@@ -189,7 +193,9 @@ class UsageWriter:
                         return False
                     self.spooled = max(0, self.spooled - len(batch))
                     self.replayed += len(fresh)
+                    self._progress[path.name] = i + len(batch)
                 spool.done(path)
+                del self._progress[path.name]
         # files still there are held by live routers on the same database: theirs to replay
         self._backlog = False
         self.spooled = 0
@@ -204,9 +210,11 @@ class UsageWriter:
                 self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.wait(settings.ROUTER_USAGE_FLUSH_SECONDS)
             self._wake.clear()
+            if self._stopped:
+                break
             try:
                 self._cycle()
             except Exception:  # a bug must not kill the thread: rows keep queueing behind it
@@ -330,6 +338,13 @@ class UsageWriter:
             log.warning("shutdown: %d usage row(s) spooled for the next start", len(rows))
         if self._spool is not None:
             self._spool.seal()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the writer thread (tests: a second writer in one process would replay the first's spool)."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def state(self) -> str:
         if self.failing:
