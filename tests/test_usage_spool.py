@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection
 
 from proxy.models import UsageRecord
 from proxy.usage import UsageWriter
@@ -72,6 +72,25 @@ def test_an_outage_longer_than_the_memory_bound_loses_no_row(settings, outage):
     stats = writer.stats()
     assert (stats["spooled"], stats["replayed"], stats["state"]) == (0, 310, "ok")  # the newer rows too, behind
     assert not list(writer.spool().dir.glob("usage-*.jsonl"))  # replayed files are deleted
+
+
+def test_a_real_database_error_spools_and_replays_in_order(settings):
+    """No patching: the table is really gone (PostgreSQL: UndefinedTable; SQLite: no such table)."""
+    settings.ROUTER_USAGE_MAX_PENDING = 20
+    writer = UsageWriter()
+    writer._start = lambda: None
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE proxy_usagerecord RENAME TO usage_away")
+    try:
+        for i in range(50):
+            writer.record(row(i))
+        assert not writer._write_all()
+        assert writer.stats()["spooled"] == 50 and writer.stats()["state"] == "failing"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE usage_away RENAME TO proxy_usagerecord")
+    assert writer._write_all()
+    assert written_ids() == [f"req_{i:04d}" for i in range(50)]
 
 
 def test_the_writer_thread_spools_every_interval_while_the_database_is_down(settings, outage):
