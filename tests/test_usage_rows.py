@@ -237,3 +237,18 @@ async def test_health_is_degraded_while_the_writer_fails(app, router_db, monkeyp
     settings.ROUTER_USAGE_DEGRADED_PENDING = 10_000
     res = await call(app, "GET", "/health")
     assert res.json()["status"] == "ok" and res.json()["usage_log"]["rejected"] == 0
+
+
+def test_a_failing_price_lookup_still_records_the_row(monkeypatch):
+    from pricing import cost as pricing_cost
+
+    def broken(log):
+        raise ArithmeticError("bad price row")
+
+    monkeypatch.setattr(pricing_cost, "of_log", broken)
+    recorded: list[dict] = []
+    monkeypatch.setattr(usage, "record", recorded.append)
+    log = UsageLog("req_price", "chat.completions")
+    log.add_usage({"prompt_tokens": 5, "completion_tokens": 1})
+    log.finish()
+    assert [(r["request_id"], r["cost_usd"]) for r in recorded] == [("req_price", None)]

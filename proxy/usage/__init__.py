@@ -163,7 +163,10 @@ class UsageLog:
             return
         self._done = True
         self.finished_at = datetime.now(UTC)
-        self.cost = pricing_cost.of_log(self)
+        try:
+            self.cost = pricing_cost.of_log(self)
+        except Exception:  # the row matters more than its price: record it unpriced
+            log.exception("cost of request %s not computed", self.request_id)
         if self.cost is None and (self.prompt or self.completion or self.images):
             writer.unpriced += 1
         record({
