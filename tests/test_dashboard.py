@@ -52,8 +52,6 @@ def written(router_db):
     for row in rows:
         usage.record(dict(row))
     assert usage.writer.flush(30)
-    if not hasattr(usage, "batch_hooks"):  # TEMP until the writer's hooks land
-        rollups.add_rows(rows)
     assert UsageRecord.objects.count() == len(rows)
     return rows
 
