@@ -127,6 +127,9 @@ def plan_prices(entries: list[Entry], *, effective_from: date, source: str, pric
     """(rows to create, rows to update, Counter of created/updated/unchanged) without writing."""
     if price_model is None:
         from .models import Price as price_model
+    # a data migration passes its historical model, which may predate price fields added later
+    known = {f.name for f in price_model._meta.get_fields()}
+    fields = [name for name in PRICE_FIELDS if name in known]
     existing: dict[tuple[str, str], list] = {}
     for row in price_model.objects.all():
         existing.setdefault((row.model, row.provider), []).append(row)
@@ -140,24 +143,25 @@ def plan_prices(entries: list[Entry], *, effective_from: date, source: str, pric
         seen.add((*key, day))
         rows = sorted(existing.get(key, ()), key=lambda r: r.effective_from, reverse=True)
         in_force = next((r for r in rows if r.effective_from <= day), None)
-        if in_force is not None and _values(in_force) == entry.rates:
+        rates = {name: value for name, value in entry.rates.items() if name in known}
+        if in_force is not None and _values(in_force, fields) == rates:
             counts["unchanged"] += 1
             continue
         if in_force is not None and in_force.effective_from == day:
-            for name in PRICE_FIELDS:
-                setattr(in_force, name, entry.rates.get(name))
+            for name in fields:
+                setattr(in_force, name, rates.get(name))
             in_force.source = source
             updates.append(in_force)
             counts["updated"] += 1
             continue
         creates.append(price_model(model=entry.model, provider=entry.provider, effective_from=day, source=source,
-                                   **{name: entry.rates.get(name) for name in PRICE_FIELDS}))
+                                   **{name: rates.get(name) for name in fields}))
         counts["created"] += 1
     return creates, updates, counts
 
 
-def _values(row) -> dict[str, Decimal]:
-    return {name: getattr(row, name) for name in PRICE_FIELDS if getattr(row, name) is not None}
+def _values(row, fields: list[str]) -> dict[str, Decimal]:
+    return {name: getattr(row, name) for name in fields if getattr(row, name) is not None}
 
 
 def apply_prices(entries: list[Entry], *, effective_from: date, source: str, price_model=None,
@@ -168,7 +172,8 @@ def apply_prices(entries: list[Entry], *, effective_from: date, source: str, pri
     creates, updates, counts = plan_prices(entries, effective_from=effective_from, source=source,
                                            price_model=price_model)
     price_model.objects.bulk_create(creates, batch_size=500)
-    price_model.objects.bulk_update(updates, [*PRICE_FIELDS, "source"], batch_size=500)
+    known = {f.name for f in price_model._meta.get_fields()}
+    price_model.objects.bulk_update(updates, [*(n for n in PRICE_FIELDS if n in known), "source"], batch_size=500)
     if notify and (creates or updates):
         from .signals import prices_changed
 
