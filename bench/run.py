@@ -615,7 +615,31 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
               f"meanwhile), database {db.kind}, HTTP transport {args.transport}; load: aiohttp client in its own "
               f"process, closed loop, {profile.duration:g} s per run after {profile.warmup:g} s warm-up; "
               f"CPU = router process utime+stime / requests")
-    return header + "\n" + report(bench, slow, onoff, rows, db, mode), raw_figures(bench, slow, onoff, rows)
+    keys = keys_overhead(mode)
+    text = report(bench, slow, onoff, rows, db, mode) + "\n" + keys_row(keys)
+    return header + "\n" + text, {**raw_figures(bench, slow, onoff, rows), "client_keys": keys}
+
+
+KEYS_RUNS = {"full": (3000, 5), "quick": (2000, 3), "smoke": (100, 1)}
+
+
+def keys_overhead(mode: str) -> dict:
+    """bench/keys_overhead.py in its own process: the CPU a client key (lookup, access, limits, budget) adds."""
+    requests, rounds = KEYS_RUNS[mode]
+    out = subprocess.run([PYTHON, str(BENCH / "keys_overhead.py"), "--json", "--requests", str(requests),
+                          "--rounds", str(rounds)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_"))})
+    if out.returncode:
+        raise RuntimeError(f"keys_overhead.py failed:\n{out.stdout}\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def keys_row(keys: dict) -> str:
+    added = keys["added_ms"]
+    return (f"{'client key: lookup + limits + budget admission, added CPU':<58}{fmt(added * 1000, 0) + ' us':>16}  "
+            f"{'<= 100 us':<10}{verdict(at_most(added, 0.1)):>6}   (in-process limits; master path "
+            f"{keys['master_ms'] * 1000:.0f} us, client {keys['client_ms'] * 1000:.0f} us; with REDIS_URL add one "
+            "Redis round trip to admit and one to settle: bench/keys_overhead.py --redis URL)")
 
 
 def main(argv: list[str] | None = None) -> None:

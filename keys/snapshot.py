@@ -23,6 +23,7 @@ class Access:
 
     names: frozenset[str]
     patterns: tuple[str, ...]
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def of(cls, entries: list[str] | tuple[str, ...]) -> Access | None:
@@ -34,7 +35,14 @@ class Access:
         return cls(frozenset(e for e in entries if e not in globs), globs)
 
     def allows(self, name: str) -> bool:
-        return name in self.names or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+        if name in self.names:
+            return True
+        seen = self._seen.get(name)
+        if seen is None:
+            seen = any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+            if len(self._seen) < 1000:  # model names clients send are few; bounded against junk
+                self._seen[name] = seen
+        return seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,7 @@ class Scope:
     budget_duration: str = ""
     reset_at: datetime | None = None
     generation: int = 0
+    budget_nano: int = -1  # max_budget in nano-dollars (-1: no budget), as the limit stores compare it
 
     @property
     def name(self) -> str:
@@ -103,8 +112,11 @@ EMPTY = KeyTable()
 
 
 def _scope(kind: str, id_: str, label: str, obj, parallel: int | None = None) -> Scope:
+    from .limits.values import to_nano
+
+    budget = -1 if obj.max_budget is None else to_nano(obj.max_budget)
     return Scope(kind, id_, label, obj.rpm_limit, obj.tpm_limit, parallel, obj.max_budget, obj.budget_duration,
-                 obj.budget_reset_at, obj.spend_generation)
+                 obj.budget_reset_at, obj.spend_generation, budget)
 
 
 def load_table() -> KeyTable:

@@ -76,6 +76,10 @@ def roll_over(model, ids: Iterable[str] | None, now: datetime) -> int:
 def register_hooks() -> None:
     from proxy import usage
 
+    from .admission import settle_usage
+
+    if settle_usage not in usage.finish_hooks:
+        usage.finish_hooks.append(settle_usage)
     hooks = getattr(usage, "batch_hooks", None)
     if hooks is not None and apply not in hooks:
         hooks.append(apply)

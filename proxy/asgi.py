@@ -18,7 +18,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 
@@ -27,6 +27,9 @@ from .auth import Principal, authenticate, presented_key
 from .body_budget import Reservation, budget
 from .errors import ProxyError
 from .failures import as_proxy_error
+
+if TYPE_CHECKING:
+    from keys.snapshot import KeyEntry
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,14 @@ class Request:
     #: who is calling (``proxy.auth``); None only on routes where a key is optional (``/health``)
     principal: Principal | None = None
     _reservation: Reservation | None = None
+    #: sent with whatever the handler answers, errors included (a limited key's x-ratelimit-*)
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> KeyEntry | None:
+        """The client key (``keys.snapshot``); None for the master key (or no key on /health)."""
+        principal = self.principal
+        return principal.key if principal is not None else None
 
     def body_parsed(self) -> None:
         """The body is parsed: its share of the body budget is free again."""
@@ -99,7 +110,7 @@ def json_response(data: dict, status: int = 200, headers: dict[str, str] | None 
 
 
 def error_response(err: ProxyError) -> Response:
-    headers = {}
+    headers = dict(err.headers)
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after)))
     return json_response(err.to_dict(), err.status, headers)
@@ -214,6 +225,8 @@ class ApiApp:
             response = await handler(req)
         except Exception as exc:
             response = error_response(as_proxy_error(exc, req.request_id, started=False))
+        if req.response_headers:
+            response.headers = {**req.response_headers, **response.headers}
         await sender.respond(response, req.request_id)
 
     async def _lifespan(self, receive, send) -> None:

@@ -12,10 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from keys import admission
 
 from . import config as config_mod
 from . import discovery
 from .errors import ProxyError
+
+if TYPE_CHECKING:
+    from keys.snapshot import KeyEntry
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +32,9 @@ LOG_EVERY = 10.0
 class Principal:
     """An authenticated caller. ``key_id`` goes into usage rows (never the key itself)."""
 
-    key_id: str
+    key_id: str  # the client key's token id (``keys.ApiKey.token``), or "master"
     is_master: bool = False
+    key: KeyEntry | None = None  # the client key: its team, models, limits and budget (``keys.snapshot``)
 
 
 MASTER = Principal("master", is_master=True)
@@ -72,6 +79,15 @@ async def authenticate(headers: dict[str, str], *, count: bool = True) -> Princi
         raise ProxyError(401, "Missing API key: send `Authorization: Bearer <router key>`.", code="invalid_api_key")
     if config.check_key(key):
         return MASTER
+    entry = config.keys.find(key)  # a client key: by the hash of the secret, in the snapshot
+    if entry is not None:
+        try:
+            admission.check_key(entry)  # blocked or expired: 401 saying which
+        except ProxyError:
+            if count:
+                failures.count("blocked or expired key")
+            raise
+        return Principal(entry.token, key=entry)
     if count:
         failures.count("wrong key")
     raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")

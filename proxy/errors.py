@@ -56,6 +56,7 @@ class ProxyError(Exception):
         credential_fault: bool = False,
         retry_after: float | None = None,
         upstream_status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         message = redact(message)  # whatever built it, an error never carries a secret the router holds
         super().__init__(message)
@@ -68,6 +69,7 @@ class ProxyError(Exception):
         self.credential_fault = credential_fault
         self.retry_after = retry_after
         self.upstream_status = upstream_status  # the provider's own status (fail2ban rules are written in it)
+        self.headers = headers or {}  # sent with the error (x-should-retry, x-ratelimit-*)
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

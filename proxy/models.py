@@ -8,7 +8,9 @@ class UsageRecord(models.Model):
 
     created_at = models.DateTimeField(db_index=True)
     request_id = models.CharField(max_length=64, db_index=True)
-    key_id = models.CharField("key", max_length=64, blank=True, default="")
+    key_id = models.CharField("key", max_length=64, blank=True, default="", db_index=True,
+                              help_text="The client key's id (keys.ApiKey.token), or master")
+    team_id = models.CharField("team", max_length=64, blank=True, default="", db_index=True)
     endpoint = models.CharField(max_length=64)
     requested_model = models.CharField(max_length=200, blank=True, default="")
     resolved_model = models.CharField(max_length=200, blank=True, default="")

@@ -86,6 +86,9 @@ class _Walk:
 
 async def open_upstream(plan: Plan, build: Build, usage: UsageLog, *,
                         stream: bool, heartbeat: float | None = None) -> Opened:
+    if plan.admission is not None:  # a client key's limits and budget, once, before any attempt
+        admit, plan.admission = plan.admission, None
+        await admit(usage)
     walk = _Walk(plan, build, usage, stream, heartbeat)
     st = state_mod.get()
     budget = max(1, settings.ROUTER_MAX_ATTEMPTS)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from math import gcd
+from typing import Any
 
 from . import discovery, state
 from .config import Deployment, RouterConfig
@@ -33,6 +35,8 @@ class Plan:
     rotation: state.Rotation | None = None  # applies to the first group of ``deps``
     rules: state.Fail2Ban = field(default_factory=lambda: state.Fail2Ban.from_config({}))
     hops: int = 0
+    #: awaited with the request's usage log before the first attempt (a client key's limits and budget)
+    admission: Callable[[Any], Awaitable[None]] | None = None
 
     def add(self, deps: list[Deployment], target: int) -> None:
         self.deps.extend(deps)

@@ -8,9 +8,12 @@ in-memory snapshot, usage goes to the batched writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from django.conf import settings
+
+from keys import admission
 
 from . import auth, body_budget, db, discovery, routing, server_limits, shutdown, usage
 from . import config as config_mod
@@ -68,7 +71,23 @@ def sticky_key(req: Request, body: dict) -> str | None:
 
 
 def route(config: RouterConfig, req: Request, body: dict) -> routing.Plan:
-    return routing.plan(config, body["model"], sticky=sticky_key(req, body), hops=hops(req))
+    """Plan the request. For a client key this is also where its rights apply, so every ingress gets them:
+    a model the key may not use is a 404 here, and its limits and budget are admitted (429) by
+    ``open_upstream`` before the first attempt, through ``plan.admission``."""
+    model = body["model"]
+    admission.check_model(req.key, model)
+    plan = routing.plan(config, model, sticky=sticky_key(req, body), hops=hops(req))
+    if req.key is not None:
+        plan.admission = functools.partial(_admit_key, req, body, plan)
+    return plan
+
+
+async def _admit_key(req: Request, body: dict, plan: routing.Plan, log: UsageLog) -> None:
+    entry = req.key
+    if entry is not None and entry.scopes:
+        upstream = plan.deps[0].upstream_model if plan.deps else plan.name
+        log.ticket, headers = await admission.admit(entry, plan.name, upstream, req.body, body, req.request_id)
+        req.response_headers.update(headers)
 
 
 def parse_body(req: Request) -> dict:
@@ -123,7 +142,10 @@ def validate_chat(body: dict) -> None:
 
 def start_log(req: Request, endpoint: str, body: dict, *, stream: bool) -> UsageLog:
     log = UsageLog(req.request_id, endpoint, stream=stream)
-    log.key_id = req.principal.key_id if req.principal is not None else ""
+    principal = req.principal
+    if principal is not None:
+        log.key_id = principal.key_id
+        log.team_id = principal.key.team_id or "" if principal.key is not None else ""
     log.requested_model = str(body.get("model", ""))[:200]
     return log
 
@@ -169,7 +191,7 @@ async def chat_completions(req: Request) -> Response | StreamingResponse:
 
 
 async def _chat(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
-    config = await authorize(req)
+    config = await authorize(req, log)
     validate_chat(body)
     stream = body.get("stream") is True
     plan = route(config, req, body)
@@ -259,7 +281,7 @@ async def embeddings(req: Request) -> Response:
 
 
 async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
-    config = await authorize(req)
+    config = await authorize(req, log)
     require_model(body)
     value = body.get("input")
     if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
@@ -300,12 +322,16 @@ def _all_names(config: RouterConfig) -> list[str]:
 
 async def list_models(req: Request) -> Response:
     config = await authorize(req)
-    return json_response({"object": "list", "data": [_model_entry(config, n) for n in _all_names(config)]})
+    names = _all_names(config)
+    if req.key is not None:
+        names = [n for n in names if req.key.may_use(n)]
+    return json_response({"object": "list", "data": [_model_entry(config, n) for n in names]})
 
 
 async def get_model(req: Request) -> Response:
     config = await authorize(req)
     name = req.path_param
+    admission.check_model(req.key, name)
     if not routing.exists(config, name):
         raise routing.model_not_found(name)
     return json_response(_model_entry(config, name))
@@ -344,7 +370,7 @@ async def health(req: Request) -> Response:
     payload["routing_state"] = {k: v for k, v in routing_health.items() if k != "redis_error"}  # names hosts
     if routing_health.get("redis") == "unreachable":
         payload["status"] = "degraded"  # still serving: limits and cooldowns are per process meanwhile
-    if config is not None and req.principal is not None:
+    if config is not None and req.principal is not None and req.key is None:  # details: master key only
         payload["credentials"] = sorted(config.credentials)
         payload["routing_state"] = routing_health
         payload["cooldowns"] = [cd.to_dict() for cd in await routing_state.acooldowns()]

@@ -194,6 +194,10 @@ ROUTER_REDIS_PREFIX = os.environ.get("ROUTER_REDIS_PREFIX", "{air}:")
 ROUTER_REDIS_TIMEOUT = env_float("ROUTER_REDIS_TIMEOUT", 0.5)
 ROUTER_REDIS_RETRY_SECONDS = env_float("ROUTER_REDIS_RETRY_SECONDS", 5.0)  # reconnect attempts while Redis is down
 ROUTER_STATE_SYNC_SECONDS = env_float("ROUTER_STATE_SYNC_SECONDS", 1.0)  # shared cooldown mirror refresh
+# Client-key budgets: a request in flight holds its estimated cost at most this long (a crashed process's
+# reservations then lapse); output tokens reserved when the request does not say (max_tokens...).
+ROUTER_BUDGET_RESERVATION_SECONDS = env_float("ROUTER_BUDGET_RESERVATION_SECONDS", 900.0)
+ROUTER_BUDGET_DEFAULT_MAX_TOKENS = env_int("ROUTER_BUDGET_DEFAULT_MAX_TOKENS", 4096)
 # Image URLs that Gemini cannot fetch itself are downloaded by the router (bounded; no private hosts).
 ROUTER_MEDIA_MAX_BYTES = env_int("ROUTER_MEDIA_MAX_BYTES", 20 * 1024 * 1024)
 ROUTER_MEDIA_TIMEOUT = env_float("ROUTER_MEDIA_TIMEOUT", 20.0)

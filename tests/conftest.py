@@ -113,3 +113,4 @@ def openai_fake():
     yield make
     for fake in fakes:
         fake.stop()
+

@@ -24,6 +24,7 @@ EXPECTED_ROWS = [
     r"^20 concurrent slow streams: peak RSS\s+\d+ MB\s+<= 150 MB\s+(PASS|FAIL)$",
     r"^usage logging on: throughput cost \(\*\)\s+-?[\d.]+ % \(rps: -?[\d.]+ %\)\s+<= 5 %\s+(PASS|FAIL)$",
     r"^usage rows written == requests\s+(\d+) / \1\s+equal\s+PASS$",
+    r"^client key: lookup \+ limits \+ budget admission, added CPU\s+-?\d+ us\s+<= 100 us\s+(PASS|FAIL)",
 ]
 
 

@@ -122,6 +122,8 @@ def test_update_block_unblock_regenerate_delete(api):
     assert res.json() == {"deleted_keys": [token]} and not ApiKey.objects.exists()
     assert api("post", "/key/delete", {"keys": [token]}).status_code == 404
     assert api("post", "/key/delete", {}).status_code == 400
+    assert api("post", "/key/update", {"max_budget": 1}).json()["error"]["param"] == "key"
+    assert api("post", "/team/update", {"max_budget": 1}).json()["error"]["param"] == "team_id"
 
 
 def test_spend_reset_bumps_the_generation(api):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
@@ -12,6 +11,7 @@ from django.urls import reverse
 
 from pricing import table
 from pricing.models import Price
+from tests.browser import admin_login
 
 TODAY = datetime.now(UTC).date()
 
@@ -58,26 +58,6 @@ def test_a_price_needs_a_value_and_a_unique_day(admin_client_with_prices):
     assert table.reload().lookup("gpt-4.1").input_cost_per_token == D("1e-6")
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
 @pytest.mark.django_db(transaction=True)
 def test_ops_change_a_price_from_today_and_history_keeps_the_old_one(live_server, browser):
     from selenium.webdriver.common.by import By
@@ -86,10 +66,8 @@ def test_ops_change_a_price_from_today_and_history_keeps_the_old_one(live_server
     Price.objects.all().delete()
     old = Price.objects.create(model="gemini-2.5-flash", effective_from=TODAY - timedelta(days=30),
                                input_cost_per_token=D("3e-7"), output_cost_per_token=D("2.5e-6"))
-    browser.get(live_server.url + "/admin/login/?next=/admin/pricing/price/")
-    browser.find_element(By.NAME, "username").send_keys("ops")
-    browser.find_element(By.NAME, "password").send_keys("ops-password-1")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    admin_login(browser, live_server.url, "ops", "ops-password-1")
+    browser.get(live_server.url + "/admin/pricing/price/")
     assert "gemini-2.5-flash" in browser.find_element(By.ID, "result_list").text
     browser.find_element(By.LINK_TEXT, "gemini-2.5-flash").click()
     date_field = browser.find_element(By.NAME, "effective_from")

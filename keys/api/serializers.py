@@ -146,6 +146,10 @@ class TeamNew(TeamFields):
         return value
 
 
+class TeamRef(serializers.Serializer):
+    team_id = serializers.CharField(max_length=64)
+
+
 class TeamUpdate(TeamFields):
     team_id = serializers.CharField(max_length=64)
     spend = _money(help_text="Set the current period's spend (e.g. 0 to reset)")

@@ -98,7 +98,7 @@ class KeyInfo(ManagementView):
 class KeyUpdate(ManagementView):
     @extend_schema(request=s.KeyUpdate, responses={200: dict}, summary="Change a key's limits, models, budget…")
     def post(self, request):
-        key = find_key(str(request.data.get("key", "")) if isinstance(request.data, dict) else "")
+        key = find_key(self.valid(s.KeyRef)["key"])
         data = self.valid(s.KeyUpdate, key)
         data.pop("key")
         apply(key, data, timezone.now())
@@ -210,7 +210,7 @@ class TeamInfo(ManagementView):
 class TeamUpdate(ManagementView):
     @extend_schema(request=s.TeamUpdate, responses={200: dict}, summary="Change a team")
     def post(self, request):
-        team = find_team(str(request.data.get("team_id", "")) if isinstance(request.data, dict) else "")
+        team = find_team(self.valid(s.TeamRef)["team_id"])
         data = self.valid(s.TeamUpdate, team)
         data.pop("team_id")
         apply(team, data, timezone.now())

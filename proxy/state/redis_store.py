@@ -38,22 +38,9 @@ log = logging.getLogger(__name__)
 
 # ---- Redis -----------------------------------------------------------------------------------
 
-_ADMIT = """
-local now, size, nb, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ignore_cd, rot, n = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[8])
-local order = {}
-for i = 1, n do order[i] = i end
-local start = 0
-if rot > 1 then
-  local seq = {}
-  for s in string.gmatch(ARGV[7], '[^,]+') do seq[#seq + 1] = tonumber(s) end
-  local c = redis.call('INCR', KEYS[2])
-  if c > 1000000000 then redis.call('SET', KEYS[2], 0) end
-  start = seq[(c % #seq) + 1]
-  for i = 1, rot do order[i] = ((start + i - 1) % rot) + 1 end
-end
-local cur = math.floor(now / size)
-local oldest = cur - nb + 1
+# Sliding windows in Lua (needs ``now``, ``size``, ``nb`` and ``oldest`` in scope): a window is a hash
+# bucket -> amount; ``usage`` drops stale buckets, ``wait_ms`` is the time until usage < limit.
+WINDOW_LUA = """
 local function usage(key)
   local flat = redis.call('HGETALL', key)
   local total, stale, buckets = 0, {}, {}
@@ -77,7 +64,25 @@ local function wait_ms(total, buckets, limit)
   end
   return math.ceil(size * 1000)
 end
-local skips = {}
+"""
+
+_ADMIT = """
+local now, size, nb, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ignore_cd, rot, n = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[8])
+local order = {}
+for i = 1, n do order[i] = i end
+local start = 0
+if rot > 1 then
+  local seq = {}
+  for s in string.gmatch(ARGV[7], '[^,]+') do seq[#seq + 1] = tonumber(s) end
+  local c = redis.call('INCR', KEYS[2])
+  if c > 1000000000 then redis.call('SET', KEYS[2], 0) end
+  start = seq[(c % #seq) + 1]
+  for i = 1, rot do order[i] = ((start + i - 1) % rot) + 1 end
+end
+local cur = math.floor(now / size)
+local oldest = cur - nb + 1
+""" + WINDOW_LUA + """local skips = {}
 for pos = 1, n do
   local i = order[pos]
   local a = 8 + (i - 1) * 5
@@ -183,6 +188,8 @@ class RedisState:
     """Shared state in Redis with the in-process state as mirror (cooldowns) and as fallback (outages)."""
 
     backend = "redis"
+    #: Lua scripts of other shared state (key limits and budgets) run through this connection: ``call()``
+    extra_scripts: dict[str, str] = {}
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self.url = url
@@ -222,13 +229,16 @@ class RedisState:
             client = aioredis.Redis.from_url(self.url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                              retry=Retry(NoBackoff(), 0), health_check_interval=0)
             self._clients[loop] = client
-            self._scripts[loop] = {name: client.register_script(src) for name, src in
-                                   (("admit", _ADMIT), ("failure", _FAILURE), ("snapshot", _SNAPSHOT))}
+            scripts = {"admit": _ADMIT, "failure": _FAILURE, "snapshot": _SNAPSHOT, **self.extra_scripts}
+            self._scripts[loop] = {name: client.register_script(src) for name, src in scripts.items()}
         return client
 
     def _script(self, name: str):
-        self._client()
-        return self._scripts[asyncio.get_running_loop()][name]
+        client = self._client()
+        scripts = self._scripts[asyncio.get_running_loop()]
+        if name not in scripts:  # registered after this loop's client was made
+            scripts[name] = client.register_script(self.extra_scripts[name])
+        return scripts[name]
 
     def usable(self) -> bool:
         """Redis is believed up, or it is time to try it again."""
@@ -268,6 +278,32 @@ class RedisState:
             raise RedisUnavailable from exc
         self._recovered()
         return result
+
+    async def call(self, name: str, keys: list[str], args: list) -> Any:
+        """Run a script of ``extra_scripts``; ``RedisUnavailable`` when Redis is down (the caller degrades)."""
+        return await self._run(name, keys, args)
+
+    async def call_many(self, name: str, calls: Sequence[tuple[list[str], list]]) -> None:
+        """Run a script of ``extra_scripts`` once per (keys, args), pipelined: one round trip for all."""
+        script = self._script(name)
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+        except Exception as exc:
+            if not _is_redis_outage(exc):
+                raise
+            self._failed(exc)
+            raise RedisUnavailable from exc
+        self._recovered()
+
+    def client(self):
+        """This event loop's client (raw commands; catch outages with ``is_outage``/``failed``)."""
+        return self._client()
+
+    def failed(self, exc: BaseException) -> None:
+        self._failed(exc)
 
     async def aclose(self) -> None:
         """Close this event loop's Redis client (tests, shutdown)."""
@@ -550,6 +586,10 @@ class RedisState:
             data["redis_error"] = self.last_error
             data["note"] = "serving with per-process limits and cooldowns until Redis is back"
         return data
+
+
+def is_outage(exc: BaseException) -> bool:
+    return _is_redis_outage(exc)
 
 
 def _is_redis_outage(exc: BaseException) -> bool:

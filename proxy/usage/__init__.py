@@ -92,6 +92,8 @@ class UsageLog:
         "started",
         "status",
         "stream",
+        "team_id",
+        "ticket",
         "ttfb",
         "ttft",
     )
@@ -101,7 +103,8 @@ class UsageLog:
         self.endpoint = endpoint
         self.stream = stream
         self.started = time.perf_counter()
-        self.key_id = self.requested_model = self.resolved_model = self.credential = self.provider = ""
+        self.key_id = self.team_id = self.requested_model = self.resolved_model = self.credential = self.provider = ""
+        self.ticket = None  # a client key's hold on its limits and budget (``keys.admission``), settled at finish
         self.error_type = self.error_message = ""
         self.status = 200
         self.prompt = self.completion = self.cached = self.reasoning = 0
@@ -170,7 +173,7 @@ class UsageLog:
         if self.cost is None and (self.prompt or self.completion or self.images):
             writer.unpriced += 1
         record({
-            "request_id": self.request_id, "key_id": self.key_id, "endpoint": self.endpoint,
+            "request_id": self.request_id, "key_id": self.key_id, "team_id": self.team_id, "endpoint": self.endpoint,
             "requested_model": self.requested_model, "resolved_model": self.resolved_model,
             "credential": self.credential, "provider": self.provider, "status": self.status, "stream": self.stream,
             "prompt_tokens": self.prompt, "completion_tokens": self.completion,
