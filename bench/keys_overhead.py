@@ -4,7 +4,7 @@ limits and budget admission (reserve + settle), measured in-process on the route
     .venv/bin/python bench/keys_overhead.py [--requests N] [--redis redis://...] [--json]
 
 A throwaway SQLite database holds one priced model and a key with every limit and a budget. Both paths run
-``authorize``, ``route`` and the key's admission (as ``open_upstream`` runs it) on the same request,
+``authenticate``, ``route`` and the key's admission (as ``open_upstream`` runs it) on the same request,
 alternating in rounds; the figure is the median difference of process CPU time per request. With ``--redis``
 the limits live in Redis (one round trip to admit; settlements pipelined): that includes the Redis client's CPU.
 """
@@ -70,9 +70,8 @@ def make_data() -> str:
 async def measure(secret: str, requests: int, rounds: int) -> dict:
     from decimal import Decimal
 
-    from proxy import config, views
+    from proxy import auth, config, views
     from proxy.asgi import Request
-    from proxy.usage import UsageLog
 
     config.invalidate()
     body = {"model": "gpt-4.1", "max_tokens": 256, "messages": [{"role": "user", "content": "Hello " * 40}]}
@@ -80,8 +79,9 @@ async def measure(secret: str, requests: int, rounds: int) -> dict:
 
     async def one(key: str) -> None:
         req = Request("POST", "/v1/chat/completions", {"authorization": f"Bearer {key}"}, raw, "req_bench")
-        log = UsageLog(req.request_id, "chat.completions")
-        cfg = await views.authorize(req, log)
+        req.principal = await auth.authenticate(req.headers)  # what the API front does first
+        log = views.start_log(req, "chat.completions", body, stream=False)
+        cfg = await views.authorize(req)
         plan = views.route(cfg, req, body)
         if plan.admission is not None:  # what open_upstream does before the first attempt
             await plan.admission(log)

@@ -191,7 +191,7 @@ async def chat_completions(req: Request) -> Response | StreamingResponse:
 
 
 async def _chat(req: Request, body: dict, log: UsageLog) -> Response | StreamingResponse:
-    config = await authorize(req, log)
+    config = await authorize(req)
     validate_chat(body)
     stream = body.get("stream") is True
     plan = route(config, req, body)
@@ -281,7 +281,7 @@ async def embeddings(req: Request) -> Response:
 
 
 async def _embeddings(req: Request, body: dict, log: UsageLog) -> Response:
-    config = await authorize(req, log)
+    config = await authorize(req)
     require_model(body)
     value = body.get("input")
     if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):

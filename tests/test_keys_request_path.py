@@ -84,8 +84,7 @@ async def test_blocked_or_expired_keys_get_401_saying_which(app, upstream, field
     error = res.json()["error"]
     assert error["code"] == "invalid_api_key" and reason in error["message"] and "bob" in error["message"]
     assert not upstream.requests
-    [row] = await rows()
-    assert row.status == 401 and row.key_id == "" and row.team_id == ""  # failed auth: no key on the row
+    assert await rows() == []  # refused before the body is read: no usage row, so none names the key
 
 
 async def test_model_access_404_and_models_listing(app, upstream):
@@ -116,7 +115,7 @@ async def test_rpm_limit_headers_on_every_response_and_429(app, upstream):
     assert h["x-ratelimit-reset-requests"].endswith("s") and h["x-ratelimit-limit-tokens"] == "1000"
     assert h["x-ratelimit-remaining-tokens"] == "1000"
     await asyncio.sleep(0.05)  # the finish hook counted the first request's tokens
-    second = await call(app, "POST", "/v1/chat/completions", {**CHAT, "stream": True}, bearer(secret))
+    second = await call(app, "POST", "/v1/chat/completions", CHAT, bearer(secret))
     assert second.status == 200 and second.headers["x-ratelimit-remaining-requests"] == "0"
     assert second.headers["x-ratelimit-remaining-tokens"] == str(1000 - 12)
     third = await call(app, "POST", "/v1/chat/completions", CHAT, bearer(secret))
