@@ -18,7 +18,7 @@ from tests.fakes.server import Reply
 from tests.live import LiveRouter
 from tests.test_routing import forever
 from tests.test_routing_live import redis_prefix  # noqa: F401  (a fixture)
-from tests.test_state import REDIS_TEST_URL
+from tests.test_state import REDIS_TEST_URL, drop_prefix
 
 MASTER = "sk-router-live-keys-master"
 OUTPUT_PRICE = Decimal("0.001")  # per token; input is free, so a request's cost is exactly its 3 output tokens
@@ -108,23 +108,45 @@ def test_budget_holds_under_50_concurrent_requests_from_two_processes(pair, upst
         assert budget == 10 * COST and spend + held >= budget, error["message"]
     # every request costs the same and its estimate is exact: exactly the 10 the budget covers pass
     assert len(ok) == 10 and len(upstream.requests) == 10
-    # the durable spend (from usage rows, both processes) equals the real cost: nothing past the budget
-    deadline = time.monotonic() + 15
-    while True:
-        with sqlite3.connect(one.db) as conn:
-            spend = Decimal(str(conn.execute("SELECT spend FROM keys_apikey WHERE token = ?",
-                                             (made["token"],)).fetchone()[0]))
-            costs = conn.execute("SELECT count(*), sum(cost_usd) FROM proxy_usagerecord WHERE key_id = ? AND "
-                                 "status = 200", (made["token"],)).fetchone()
-        if spend >= 10 * COST or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert spend == 10 * COST and costs[0] == 10
     # and it stays spent: another request is the quota 429 from either process
     for router in (one, two):
         res = httpx.post(router.url + "/v1/chat/completions", json=CHAT,
                          headers={"authorization": f"Bearer {secret}"}, timeout=30)
         assert res.status_code == 429 and res.json()["error"]["code"] == "insufficient_quota"
+
+
+def durable_spend(router: LiveRouter, token: str, expected: Decimal, timeout: float = 15.0) -> Decimal:
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(router.db) as conn:
+            spend = Decimal(str(conn.execute("SELECT spend FROM keys_apikey WHERE token = ?", (token,)).fetchone()[0]))
+        if spend >= expected or time.monotonic() > deadline:
+            return spend
+        time.sleep(0.2)
+
+
+def test_spend_is_durable_and_survives_a_redis_flush(pair, redis_prefix):  # noqa: F811
+    one, two = pair
+    made = manage(one, "/key/generate", {"key_alias": "saver", "max_budget": str(4 * COST)})
+    wait_for_key(two, made["key"])
+    auth = {"authorization": f"Bearer {made['key']}"}
+    for router in (one, two, one, two):
+        assert httpx.post(router.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=30).status_code == 200
+    # both processes' usage rows added their cost to the key, in the database
+    assert durable_spend(one, made["token"], 4 * COST) == 4 * COST
+    with sqlite3.connect(one.db) as conn:
+        rows = conn.execute("SELECT count(*), sum(cost_usd) FROM proxy_usagerecord WHERE key_id = ?",
+                            (made["token"],)).fetchone()
+        assert rows[0] == 4 and conn.execute("SELECT last_used_at FROM keys_apikey WHERE token = ?",
+                                             (made["token"],)).fetchone()[0]
+    # Redis loses everything: the live counters are rebuilt from the durable spend, the budget still holds
+    asyncio.run(drop_prefix(redis_prefix))
+    for router in (two, one):
+        res = httpx.post(router.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=30)
+        assert res.status_code == 429 and res.json()["error"]["code"] == "insufficient_quota", res.text
+    info = httpx.get(one.url + "/key/info", params={"key": made["token"]},
+                     headers={"authorization": f"Bearer {MASTER}"}, timeout=30).json()["info"]
+    assert info["spend"] == float(4 * COST) and info["status"] == "over budget"
 
 
 def test_block_in_one_process_refuses_in_the_other(pair):
