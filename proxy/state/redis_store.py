@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -268,16 +269,21 @@ class RedisState:
             self.local.windows.clear()
             self.local.fails.clear()
 
-    async def _run(self, name: str, keys: list[str], args: list) -> Any:
+    @contextlib.contextmanager
+    def _outages(self) -> Iterator[None]:
+        """Turn an outage into ``RedisUnavailable`` (and note it); a success notes that Redis is back."""
         try:
-            result = await self._script(name)(keys=keys, args=args)
+            yield
         except Exception as exc:
             if not _is_redis_outage(exc):
                 raise
             self._failed(exc)
             raise RedisUnavailable from exc
         self._recovered()
-        return result
+
+    async def _run(self, name: str, keys: list[str], args: list) -> Any:
+        with self._outages():
+            return await self._script(name)(keys=keys, args=args)
 
     async def call(self, name: str, keys: list[str], args: list) -> Any:
         """Run a script of ``extra_scripts``; ``RedisUnavailable`` when Redis is down (the caller degrades)."""
@@ -286,17 +292,11 @@ class RedisState:
     async def call_many(self, name: str, calls: Sequence[tuple[list[str], list]]) -> None:
         """Run a script of ``extra_scripts`` once per (keys, args), pipelined: one round trip for all."""
         script = self._script(name)
-        try:
+        with self._outages():
             pipe = self._client().pipeline(transaction=False)
             for keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
             await pipe.execute()
-        except Exception as exc:
-            if not _is_redis_outage(exc):
-                raise
-            self._failed(exc)
-            raise RedisUnavailable from exc
-        self._recovered()
 
     def client(self):
         """This event loop's client (raw commands; catch outages with ``is_outage``/``failed``)."""
