@@ -639,7 +639,7 @@ def keys_row(keys: dict) -> str:
     return (f"{'client key: lookup + limits + budget admission, added CPU':<58}{fmt(added * 1000, 0) + ' us':>16}  "
             f"{'<= 100 us':<10}{verdict(at_most(added, 0.1)):>6}   (in-process limits; master path "
             f"{keys['master_ms'] * 1000:.0f} us, client {keys['client_ms'] * 1000:.0f} us; with REDIS_URL add one "
-            "Redis round trip to admit and one to settle: bench/keys_overhead.py --redis URL)")
+            "Redis round trip to admit, settlements pipelined: bench/keys_overhead.py --redis URL)")
 
 
 def main(argv: list[str] | None = None) -> None:
