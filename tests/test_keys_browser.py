@@ -38,6 +38,20 @@ def run_action(browser, action: str, *labels: str) -> None:
     browser.find_element(by().CSS_SELECTOR, "button[name=index]").click()
 
 
+def wait_message(browser, text: str) -> None:
+    """Wait for the admin's message after a POST (the click returns before the next page is there)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(
+        lambda b: any(text in m.text for m in b.find_elements(by().CSS_SELECTOR, "ul.messagelist li")))
+
+
+def wait_url(browser, part: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda b: part in b.current_url)
+
+
 def rows(browser) -> list[str]:
     return [r.text for r in browser.find_elements(by().CSS_SELECTOR, "#result_list tbody tr")]
 
@@ -77,18 +91,21 @@ def test_create_a_key_see_its_secret_once_then_manage_it(live_server, ops):
     search = browser.find_element(by().ID, "searchbar")
     search.send_keys("bob")
     search.submit()
+    wait_url(browser, "q=bob")
     assert [r for r in rows(browser) if r] and all("bob-ci" in r for r in rows(browser))
     browser.get(live_server.url + "/admin/keys/apikey/")
     browser.find_element(by().LINK_TEXT, "over budget").click()
+    wait_url(browser, "status=over_budget")
     assert len(rows(browser)) == 1 and "bob-ci" in rows(browser)[0]
 
     # block, unblock
     browser.get(live_server.url + "/admin/keys/apikey/")
     run_action(browser, "block", "alice-codex")
-    assert "Blocked 1" in browser.find_element(by().CSS_SELECTOR, "ul.messagelist").text
+    wait_message(browser, "Blocked 1")
     assert "blocked" in next(r for r in rows(browser) if "alice-codex" in r)
     assert ApiKey.objects.get(pk=key.pk).blocked
     run_action(browser, "unblock", "alice-codex")
+    wait_message(browser, "Unblocked 1")
     assert not ApiKey.objects.get(pk=key.pk).blocked
 
     # regenerate: a new secret, shown once; the old one no longer matches
@@ -101,6 +118,7 @@ def test_create_a_key_see_its_secret_once_then_manage_it(live_server, ops):
     browser.get(live_server.url + "/admin/keys/apikey/")
     run_action(browser, "delete_selected", "alice-codex")
     browser.find_element(by().CSS_SELECTOR, "input[type=submit]").click()  # "Yes, I'm sure"
+    wait_message(browser, "Successfully deleted 1")
     assert not ApiKey.objects.filter(pk=key.pk).exists()
     assert all("alice-codex" not in r for r in rows(browser))
 
@@ -114,7 +132,7 @@ def test_create_a_team_with_a_monthly_budget(live_server, ops):
     browser.find_element(by().NAME, "budget_duration").send_keys("1mo")
     browser.find_element(by().NAME, "rpm_limit").send_keys("600")
     browser.find_element(by().NAME, "_save").click()
-    assert "was added successfully" in browser.find_element(by().CSS_SELECTOR, "ul.messagelist").text
+    wait_message(browser, "was added successfully")
     team = Team.objects.get(team_alias="research")
     assert team.max_budget == 500 and team.budget_reset_at is not None and team.models == ["gemini-2.5-flash"]
     row = next(r for r in rows(browser) if "research" in r)
