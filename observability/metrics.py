@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -60,10 +59,6 @@ _LIVE = {"multiprocess_mode": "livesum"}
 IN_FLIGHT = Gauge(PREFIX + "in_flight_requests", "API requests being handled.", registry=REGISTRY, **_LIVE)
 OPEN_STREAMS = Gauge(PREFIX + "open_streams", "Streaming responses being sent.", registry=REGISTRY, **_LIVE)
 
-#: () -> [(key hash, alias, team id)] of every client key; set by the keys app when it exists.
-#: Read at scrape time from the in-memory key snapshot (the same in every process).
-key_info_source: Callable[[], Iterable[tuple[str, str, str]]] | None = None
-
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
@@ -90,9 +85,9 @@ def on_finish(log: Any) -> None:
     team = getattr(log, "team_id", "") or ""
     if cost:
         COST.labels(model, team).inc(float(cost) if isinstance(cost, Decimal) else cost)
-    key_hash = getattr(log, "key_hash", "")
-    if key_hash:
-        label = key_label(key_hash)
+    entry = key_entry(log.key_id)
+    if entry is not None:
+        label = key_label(entry.key_hash)
         KEY_REQUESTS.labels(label, klass).inc()
         if cost:
             KEY_COST.labels(label).inc(float(cost))
@@ -103,6 +98,35 @@ def on_finish(log: Any) -> None:
         TTFT.labels(model, log.endpoint).observe(ttft / 1000)
     if log.attempts > 1:
         FAILOVERS.labels(model).inc()
+
+
+_by_token: tuple[object, dict] = (None, {})
+
+
+def key_entry(token: str):
+    """The client key behind a usage row's ``key_id`` (its token), from the in-memory key table."""
+    global _by_token
+    if not token or token == "master":
+        return None
+    from proxy import config as config_mod
+
+    cfg = config_mod.snapshot()
+    table = getattr(cfg, "keys", None)
+    if table is None:
+        return None
+    cached_table, index = _by_token
+    if cached_table is not table:  # the table is replaced on every reload: index it once per version
+        index = {e.token: e for e in table.by_hash.values()}
+        _by_token = (table, index)
+    return index.get(token)
+
+
+def known_keys() -> list[tuple[str, str, str]]:
+    """(hash, alias, team id) of every client key: the ``key_info`` series."""
+    from proxy import config as config_mod
+
+    table = getattr(config_mod.snapshot(), "keys", None)
+    return [(e.key_hash, e.alias, e.team_id or "") for e in table.by_hash.values()] if table else []
 
 
 def on_attempt(dep: Any, status: int | None, failed: bool) -> None:
@@ -151,12 +175,12 @@ class ProcessCollector(Collector):
                                       "Deployments (credential/model) cooling down after upstream errors.")
         cooldowns.add_metric([], float(health.get("cooldowns") or 0))
         yield cooldowns
-        if key_info_source is not None:
-            info = GaugeMetricFamily(PREFIX + "key_info", "Maps a key label (first 12 hex of its hash) to its "
-                                     "alias and team; join on `key`.", labels=["key", "alias", "team"])
-            for key_hash, alias, team in key_info_source():
-                info.add_metric([key_label(key_hash), alias or "", team or ""], 1.0)
-            yield info
+        # read at scrape time from the in-memory key table (the same in every process)
+        info = GaugeMetricFamily(PREFIX + "key_info", "Maps a key label (first 12 hex of its hash) to its "
+                                 "alias and team; join on `key`.", labels=["key", "alias", "team"])
+        for key_hash, alias, team in known_keys():
+            info.add_metric([key_label(key_hash), alias or "", team or ""], 1.0)
+        yield info
 
 
 def render(database_up) -> bytes:

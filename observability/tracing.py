@@ -174,10 +174,13 @@ def annotate_request(usage_log: Any) -> None:
     reasons = getattr(usage_log, "finish_reasons", None)
     if reasons:
         attrs["gen_ai.response.finish_reasons"] = sorted(reasons)
-    for name, attr in (("key_alias", "router.key_alias"), ("team_id", "router.team_id")):
-        value = getattr(usage_log, name, "")
-        if value:
-            attrs[attr] = value
+    from .metrics import key_entry
+
+    entry = key_entry(usage_log.key_id)
+    if entry is not None and entry.alias:
+        attrs["router.key_alias"] = entry.alias
+    if getattr(usage_log, "team_id", ""):
+        attrs["router.team_id"] = usage_log.team_id
     if usage_log.client_closed:
         attrs["router.client_closed"] = True
     if usage_log.error_type:

@@ -190,3 +190,8 @@ def _load_once() -> None:
 def invalidate() -> None:
     """Drop the snapshot; the next request reloads (tests, and after imports in-process)."""
     _snapshot.config = None
+
+
+def snapshot() -> RouterConfig | None:
+    """The loaded configuration, if any, without loading it (sync readers: metrics at scrape time)."""
+    return _snapshot.config

@@ -137,3 +137,32 @@ async def test_readiness_fails_without_the_database(app, router_db, monkeypatch)
     assert ready.status == 503
     assert ready.json()["status"] == "not_ready" and ready.json()["checks"]["database"] == "unreachable"
     assert (await call(app, "GET", "/health/liveness")).status == 200
+
+
+async def test_a_client_key_appears_as_its_hash_prefix_with_an_info_series(app, two_credentials):
+    from keys.models import ApiKey, Team, new_secret
+
+    await two_credentials([Reply(json=completion("a"))], [])
+
+    def make() -> tuple[str, str]:
+        team = Team.objects.create(team_alias="search-team")
+        secret = new_secret()
+        key = ApiKey(key_alias="ci-bot", team=team)
+        key.set_secret(secret)
+        key.save()
+        from proxy import config
+
+        config.invalidate()
+        return secret, key.key_hash[:12], team.team_id
+
+    secret, label, team_id = await sync_to_async(make)()
+    before = await scrape(app)
+    res = await call(app, "POST", "/v1/chat/completions", CHAT, {"authorization": f"Bearer {secret}"})
+    assert res.status == 200, res.body
+    await usage.aflush()
+    after = await scrape(app)
+    assert delta(before, after, "auto_ai_router_key_requests_total", key=label, status_class="2xx") == 1
+    info = frozenset({"key": label, "alias": "ci-bot", "team": team_id}.items())
+    assert after[("auto_ai_router_key_info", info)] == 1
+    text = (await call(app, "GET", "/metrics", headers=AUTH)).body.decode()
+    assert secret not in text
