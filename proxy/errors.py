@@ -57,6 +57,7 @@ class ProxyError(Exception):
         retry_after: float | None = None,
         upstream_status: int | None = None,
         headers: dict[str, str] | None = None,
+        upstream_body: bytes | None = None,
     ) -> None:
         message = redact(message)  # whatever built it, an error never carries a secret the router holds
         super().__init__(message)
@@ -70,6 +71,9 @@ class ProxyError(Exception):
         self.retry_after = retry_after
         self.upstream_status = upstream_status  # the provider's own status (fail2ban rules are written in it)
         self.headers = headers or {}  # sent with the error (x-should-retry, x-ratelimit-*)
+        # the provider's error body when it speaks the client's protocol (Anthropic to /v1/messages):
+        # relayed unchanged, since clients match on its exact words
+        self.upstream_body = upstream_body
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

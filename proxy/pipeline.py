@@ -425,7 +425,15 @@ def best_error(errors: list[ProxyError], skips: Sequence[Skip] = (), name: str =
     last = errors[-1]
     status = 503 if len(errors) > 1 else (last.status if last.status >= 500 else 502)
     return ProxyError(status, f"All {len(errors)} attempt(s) failed; last: {last.message}",
-                      code=last.code or "server_error", type=last.type, retry_after=last.retry_after)
+                      code=last.code or "server_error", type=last.type, retry_after=last.retry_after,
+                      **_single_upstream(errors))
+
+
+def _single_upstream(errors: list[ProxyError]) -> dict:
+    """The provider's own status and body when one attempt was made (relayed as-is where the protocols match)."""
+    if len(errors) != 1 or errors[0].credential_fault:
+        return {}
+    return {"upstream_status": errors[0].upstream_status, "upstream_body": errors[0].upstream_body}
 
 
 def _rate_limited(errors: list[ProxyError], skips: Sequence[Skip], name: str) -> ProxyError:
@@ -437,7 +445,8 @@ def _rate_limited(errors: list[ProxyError], skips: Sequence[Skip], name: str) ->
         message = f"Rate limited on all {len(errors)} attempt(s): {last.message}"
         if skips:
             message += f" ({len(skips)} more deployment(s) at their limit or cooling down)"
-        return ProxyError(429, message, code=last.code, type=last.type, retry_after=retry_after)
+        return ProxyError(429, message, code=last.code, type=last.type, retry_after=retry_after,
+                          **_single_upstream(errors))
     kinds = sorted({s.reason.upper() if s.reason != "cooldown" else "provider rate limit" for s in skips})
     return ProxyError(429, f"Rate limit reached for `{name}`: all {len(skips)} deployment(s) are at their "
                       f"limit ({', '.join(kinds)}); retry after {retry_after:.0f}s.",

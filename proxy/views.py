@@ -58,13 +58,17 @@ def hops(req: Request) -> int:
     return count
 
 
-_SESSION_HEADERS = ("session-id", "x-session-id", "session_id")
+_SESSION_HEADERS = ("session-id", "x-session-id", "session_id", "x-claude-code-session-id")
 
 
 def sticky_key(req: Request, body: dict) -> str | None:
     """What keeps a conversation on one credential (its provider prompt cache): the Responses
-    ``prompt_cache_key`` (Codex: the thread id), a session header, or the ``user`` field."""
-    for value in (body.get("prompt_cache_key"), *(req.headers.get(h) for h in _SESSION_HEADERS), body.get("user")):
+    ``prompt_cache_key`` (Codex: the thread id), a session header (Claude Code's
+    ``X-Claude-Code-Session-Id``), the ``user`` field, or Messages' ``metadata.user_id``."""
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    for value in (body.get("prompt_cache_key"), *(req.headers.get(h) for h in _SESSION_HEADERS), body.get("user"),
+                  user_id):
         if isinstance(value, str) and value:
             return value
     return None
@@ -312,7 +316,7 @@ def _model_entry(config: RouterConfig, name: str) -> dict:
     return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
 
-def _all_names(config: RouterConfig) -> list[str]:
+def all_model_names(config: RouterConfig) -> list[str]:
     names = set(config.pools) | set(config.aliases)
     for cred in config.credentials.values():
         if cred.discover_models:
@@ -322,7 +326,7 @@ def _all_names(config: RouterConfig) -> list[str]:
 
 async def list_models(req: Request) -> Response:
     config = await authorize(req)
-    names = _all_names(config)
+    names = all_model_names(config)
     if req.key is not None:
         names = [n for n in names if req.key.may_use(n)]
     return json_response({"object": "list", "data": [_model_entry(config, n) for n in names]})

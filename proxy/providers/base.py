@@ -96,6 +96,24 @@ class Adapter:
     def images_response(self, data: dict, ctx: Any) -> dict:
         return data
 
+    # -- /v1/messages: Anthropic-speaking upstreams get the client's request as sent
+
+    def messages_native(self, dep: Deployment) -> bool:
+        return False
+
+    def messages_request(self, dep: Deployment, body: dict, client_headers: dict[str, str], *,
+                         stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def count_tokens_request(self, dep: Deployment, body: dict, chat: dict,
+                             client_headers: dict[str, str]) -> UpstreamRequest | None:
+        """The provider's own token counter for a Messages body (or its Chat translation); None: none."""
+        return None
+
+    def count_tokens_response(self, data: dict) -> int | None:
+        value = data.get("input_tokens", data.get("totalTokens")) if isinstance(data, dict) else None  # Gemini
+        return value if isinstance(value, int) else None
+
     def on_auth_failure(self, cred: CredentialConfig) -> None:
         """Called when the upstream rejected our credential (token caches drop their token)."""
 

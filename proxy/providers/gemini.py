@@ -190,6 +190,15 @@ def google_images_response(data: dict, ctx: object) -> dict:
     return gemini_image_response(data, ctx)  # type: ignore[arg-type]
 
 
+def count_tokens_body(generate: dict, model: str | None = None) -> dict:
+    """A ``countTokens`` body for a ``generateContent`` body: Vertex takes its fields, AI Studio the whole
+    request under ``generateContentRequest`` (with the model)."""
+    fields = {k: generate[k] for k in ("contents", "systemInstruction", "tools") if k in generate}
+    if model is None:
+        return fields
+    return {"generateContentRequest": {"model": f"models/{model.removeprefix('models/')}", **generate}}
+
+
 # ---- the adapter ----------------------------------------------------------------------
 
 class GeminiAdapter(Adapter):
@@ -218,6 +227,13 @@ class GeminiAdapter(Adapter):
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
         return gemini_error(status, body, headers, provider=self.provider)
+
+    def count_tokens_request(self, dep: Deployment, body: dict, chat: dict,
+                             client_headers: dict[str, str]) -> UpstreamRequest:
+        out, _ = chat_to_gemini(chat, dep.upstream_model)
+        url = gemini_url(dep.credential.base_url, dep.upstream_model, False, action="countTokens")
+        return UpstreamRequest(url, count_tokens_body(out, dep.upstream_model), self.headers(dep), dep=dep)
+
 
     def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         url = gemini_url(dep.credential.base_url, dep.upstream_model, False, action="batchEmbedContents")

@@ -34,8 +34,17 @@ from ..translators.gemini import (
     vertex_url,
 )
 from ..translators.images import ImagenContext, ImageRequest, imagen_edit_model
+from ..translators.messages_native import PassthroughContext, PassthroughStream, forwarded_headers, native_body
 from .base import Adapter, StreamTranslator, UpstreamRequest
-from .gemini import EMBED_BATCH, EmbeddingBatches, batched, google_images_request, google_images_response, send_google
+from .gemini import (
+    EMBED_BATCH,
+    EmbeddingBatches,
+    batched,
+    count_tokens_body,
+    google_images_request,
+    google_images_response,
+    send_google,
+)
 from .google_token import TokenCache
 
 log = logging.getLogger(__name__)
@@ -87,7 +96,7 @@ class VertexAdapter(Adapter):
         return await self._send(req, {**headers, **fresh})
 
     async def _send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
-        if isinstance(req.ctx, AnthropicContext):
+        if isinstance(req.ctx, AnthropicContext | PassthroughContext):
             return await super().send(req, headers)
         return await send_google(super().send, req, headers)
 
@@ -115,7 +124,34 @@ class VertexAdapter(Adapter):
         return anthropic_to_chat(data, ctx) if isinstance(ctx, AnthropicContext) else gemini_to_chat(data, ctx)
 
     def chat_stream(self, ctx: Any) -> StreamTranslator:
+        if isinstance(ctx, PassthroughContext):
+            return PassthroughStream()
         return AnthropicStream(ctx) if isinstance(ctx, AnthropicContext) else GeminiStream(ctx)
+
+    def messages_native(self, dep: Deployment) -> bool:
+        return is_claude(dep.upstream_model)
+
+    def messages_request(self, dep: Deployment, body: dict, client_headers: dict[str, str], *,
+                         stream: bool) -> UpstreamRequest:
+        url = self._url(dep, "anthropic", "streamRawPredict" if stream else "rawPredict")
+        headers = {**self._headers(dep), **forwarded_headers(client_headers)}
+        headers.pop("anthropic-version")  # Vertex takes the version in the body
+        return UpstreamRequest(url, native_body(body, dep.upstream_model.removeprefix("anthropic/"), vertex=True),
+                               {**headers, **dep.credential.extra_headers}, stream, PassthroughContext(vertex=True),
+                               dep=dep)
+
+    def count_tokens_request(self, dep: Deployment, body: dict, chat: dict,
+                             client_headers: dict[str, str]) -> UpstreamRequest:
+        cred = dep.credential
+        if is_claude(dep.upstream_model):
+            url = vertex_url(cred.base_url or None, project_of(cred), cred.location or DEFAULT_LOCATION, "anthropic",
+                             "count-tokens", "rawPredict")
+            model = dep.upstream_model.removeprefix("anthropic/")
+            return UpstreamRequest(url, {**body, "model": model}, self._headers(dep), dep=dep)
+        out, _ = chat_to_gemini(chat, dep.upstream_model)
+        return UpstreamRequest(self._url(dep, "google", "countTokens"), count_tokens_body(out), self._headers(dep),
+                               dep=dep)
+
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
         # Claude's model errors are Anthropic-shaped; Vertex's front end (quota, auth) and Gemini answer

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.errors import ProxyError, bad_request, classify_upstream_error
+from proxy.redaction import redact
 from proxy.sse import SSEEvent
 from proxy.translators.common import (
     ToolNameMap,
@@ -838,5 +839,9 @@ def anthropic_error(status: int, body: bytes, headers: Mapping[str, str] | None)
     except ValueError:
         payload = None
     if isinstance(payload, dict | list) and payload:
-        return error_from_payload(payload, status, lowered)
+        err = error_from_payload(payload, status, lowered)
+        if isinstance(payload, dict) and payload.get("type") == "error":
+            redacted = redact(text)  # unchanged unless the provider echoed a secret the router holds
+            err.upstream_body = body if redacted == text and isinstance(body, bytes) else redacted.encode()
+        return err
     return _classify(status, " ".join(text.split())[:500], None, lowered)

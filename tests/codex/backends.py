@@ -337,7 +337,10 @@ class ChatBackend(Backend):
                        "function": {"name": call.flat, "arguments": ""}}
             arguments = {"index": n, "function": {"arguments": json.dumps(call.function_args())}}
             deltas += [{"tool_calls": [opening]}, {"tool_calls": [arguments]}]
-        return Reply(sse=chat_sse(deltas, "tool_calls" if answer.calls else "stop", answer.input_tokens))
+        finish = "tool_calls" if answer.calls else "stop"
+        if body.get("stream") is not True:
+            return Reply(json=chat_completion(deltas, finish, answer.input_tokens))
+        return Reply(sse=chat_sse(deltas, finish, answer.input_tokens))
 
     def tool_results(self, body: dict) -> list[str]:
         return [_text(m.get("content")) for m in body["messages"] if m.get("role") == "tool"]
@@ -360,6 +363,20 @@ class ChatBackend(Backend):
 
     def truncated(self, text: str) -> Reply:
         return Reply(sse=chat_sse([{"role": "assistant", "content": ""}, {"content": text}], "length", 100))
+
+
+def chat_completion(deltas: list[dict], finish: str, input_tokens: int) -> dict:
+    """The non-streamed answer the deltas of ``chat_sse`` add up to."""
+    message: dict = {"role": "assistant", "content": "".join(d.get("content") or "" for d in deltas) or None}
+    calls = [c for d in deltas for c in d.get("tool_calls") or [] if "id" in c]
+    if calls:
+        arguments = {c["index"]: c["function"]["arguments"] for d in deltas for c in d.get("tool_calls") or []
+                     if "id" not in c}
+        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": {
+            "name": c["function"]["name"], "arguments": arguments.get(c["index"], "")}} for c in calls]
+    return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1764000000, "model": "qwen3-up",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": input_tokens, "completion_tokens": 7, "total_tokens": input_tokens + 7}}
 
 
 def chat_sse(deltas: list[dict], finish: str, input_tokens: int) -> list[str]:

@@ -89,6 +89,7 @@ _ROLE_BLOCKS = {
 }
 _TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control", "strict", "input_examples"}
 _WEB_SEARCH_KEYS = {"type", "name", "max_uses", "allowed_domains", "blocked_domains", "user_location", "cache_control"}
+ADVANCED_TOOL_USE = "advanced-tool-use-2025-11-20"
 _ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "invalid_request_error": 400}
 
 
@@ -187,12 +188,15 @@ def _check(ok: bool, message: str) -> None:
         raise InvalidRequest(message)
 
 
-def validate_body(body: Any, *, vertex: bool = False) -> None:
-    """Raise ``InvalidRequest`` for what the Messages API would reject (shape rules only)."""
+def validate_body(body: Any, *, vertex: bool = False, betas: frozenset[str] = frozenset()) -> None:
+    """Raise ``InvalidRequest`` for what the Messages API would reject (shape rules only).
+
+    ``betas``: the ``anthropic-beta`` features of the request (``advanced-tool-use-2025-11-20``
+    allows ``defer_loading`` on tools, as Claude Code sends)."""
     _check(isinstance(body, dict), "body: Input should be an object")
     _check_top_level(body, vertex)
     _check_system(body.get("system"))
-    names = _check_tools(body.get("tools"))
+    names = _check_tools(body.get("tools"), ADVANCED_TOOL_USE in betas)
     _check_tool_choice(body.get("tool_choice"), names)
     _check_messages(body.get("messages"))
     _check(bool(names) or not any(b["type"] in ("tool_use", "tool_result") for m in body["messages"]
@@ -269,7 +273,7 @@ def _check_keys(block: dict, allowed: set[str], path: str) -> None:
         _check(key in allowed, f"{path}.{key}: Extra inputs are not permitted")
 
 
-def _check_tools(tools) -> set[str]:
+def _check_tools(tools, deferred_allowed: bool = False) -> set[str]:
     if tools is None:
         return set()
     _check(isinstance(tools, list), "tools: Input should be a valid list")
@@ -282,7 +286,7 @@ def _check_tools(tools) -> set[str]:
             _check(tool.get("name") == "web_search", f"{path}.name: Input should be 'web_search'")
         else:
             _check(tool.get("type", "custom") == "custom", f"{path}.type: unknown tool type {tool.get('type')!r}")
-            _check_keys(tool, _TOOL_KEYS, path)
+            _check_keys(tool, _TOOL_KEYS | ({"defer_loading"} if deferred_allowed else set()), path)
             _check(isinstance(tool.get("name"), str) and bool(_NAME.match(tool["name"])),
                    f"{path}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'")
             schema = tool.get("input_schema")
@@ -504,6 +508,10 @@ def _check_final_thinking(messages: list[dict]) -> None:
 
 # ---- answers ---------------------------------------------------------------
 
+def fake_count(body: dict) -> int:
+    payload = {k: body.get(k) for k in ("system", "messages", "tools")}
+    return len(json.dumps(payload, sort_keys=True)) // 4
+
 def error_body(error_type: str, message: str) -> dict:
     return {"type": "error", "error": {"type": error_type, "message": message},
             "request_id": f"req_fake_{secrets.token_hex(6)}"}
@@ -536,6 +544,8 @@ class AnthropicFake:
         self.vertex = vertex
         self.token = token
         self.received: list[dict] = []
+        self.received_headers: list[dict[str, str]] = []
+        self.counted: list[dict] = []  # count_tokens bodies
         self.rejections: list[str] = []
         self._ids = itertools.count(1)
 
@@ -554,9 +564,13 @@ class AnthropicFake:
         except ValueError:
             return _error_reply(400, "invalid_request_error", "There was an issue with your request body: invalid "
                                 "JSON")
+        if verb == "count_tokens":
+            return self._count(body)
         self.received.append(body)
+        self.received_headers.append(dict(req.headers))
+        betas = frozenset(b.strip() for b in req.headers.get("anthropic-beta", "").split(",") if b.strip())
         try:
-            validate_body(body, vertex=self.vertex)
+            validate_body(body, vertex=self.vertex, betas=betas)
             _check(verb is None or (verb == "streamRawPredict") == bool(body.get("stream")),
                    f"stream: {verb} does not match stream={body.get('stream')!r}")
         except InvalidRequest as exc:
@@ -573,7 +587,12 @@ class AnthropicFake:
                 return _google_error(404, "NOT_FOUND", f"fake vertex: no route for {req.method} {req.path}")
             if req.headers.get("authorization") != f"Bearer {self.token}":
                 return _google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+            if match.group("model") == "count-tokens" and match.group("verb") == "rawPredict":
+                return None, "count_tokens"
             return match.group("model"), match.group("verb")
+        if req.method == "POST" and req.path == "/v1/messages/count_tokens":
+            routed = self._route(Recorded(req.method, "/v1/messages", req.query, req.headers, req.body))
+            return routed if isinstance(routed, Reply) else (None, "count_tokens")
         if req.method != "POST" or req.path != "/v1/messages":
             return _error_reply(404, "not_found_error", f"Not found: {req.method} {req.path}")
         if req.headers.get("x-api-key") != self.api_key:
@@ -581,6 +600,16 @@ class AnthropicFake:
         if not req.headers.get("anthropic-version"):
             return _error_reply(400, "invalid_request_error", "anthropic-version: header is required")
         return None, None
+
+    def _count(self, body: dict) -> Reply:
+        """``count_tokens``: the fake's count is a function of the request (a quarter of its JSON length)."""
+        self.counted.append(body)
+        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            return _error_reply(400, "invalid_request_error", "model: Field required")
+        for key in ("max_tokens", "stream", "metadata", "temperature"):
+            if key in body:
+                return _error_reply(400, "invalid_request_error", f"{key}: Extra inputs are not permitted")
+        return Reply(json={"input_tokens": fake_count(body)})
 
     def _answer(self, item: Turn | Fail | list[dict], model: str, stream: bool) -> Reply:
         if isinstance(item, list):

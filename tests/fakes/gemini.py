@@ -613,6 +613,7 @@ class GeminiFake(FakeProvider):
         self.signatures: set[str] = set()
         self.rejections: list[list[str]] = []
         self.image_bodies: list[dict] = []  # Imagen :predict bodies
+        self.counted: list[dict] = []  # countTokens bodies
         super().__init__()
 
     # lifecycle
@@ -706,6 +707,8 @@ class GeminiFake(FakeProvider):
         if action == "predict" and match["model"].startswith("imagen"):
             self.image_bodies.append(body)
             return self._embed(validate_imagen(body, match["model"]), lambda: imagen_predictions(body))
+        if action == "countTokens":
+            return self._count(body, vertex)
         if action == "batchEmbedContents" and not vertex:
             return self._embed(validate_batch_embed(body, match["model"]), lambda: _studio_embeddings(body))
         if action == "predict" and vertex:
@@ -756,6 +759,22 @@ class GeminiFake(FakeProvider):
         if not sse:
             return Reply(json=chunks)
         return Reply(sse=sse_frames(chunks, item.delay))
+
+    def _count(self, body: dict, vertex: bool) -> Reply:
+        """``countTokens``: Vertex takes ``contents`` (+ systemInstruction, tools), AI Studio either ``contents``
+        or a whole ``generateContentRequest``; the count is a quarter of the JSON length of what was given."""
+        request = body if vertex or "generateContentRequest" not in body else body["generateContentRequest"]
+        allowed = {"contents", "systemInstruction", "tools", "generationConfig"} if vertex else \
+            {"contents", "generateContentRequest"}
+        unknown = set(body) - allowed
+        if unknown or not isinstance(request.get("contents"), list):
+            message = f"Invalid JSON payload received. Unknown name {sorted(unknown)[0]!r}" if unknown else \
+                "contents is required"
+            self.rejections.append([message])
+            return google_error_reply(400, "INVALID_ARGUMENT", message)
+        self.counted.append(body)
+        payload = {k: request.get(k) for k in ("contents", "systemInstruction", "tools")}
+        return Reply(json={"totalTokens": len(json.dumps(payload, sort_keys=True)) // 4})
 
     def _embed(self, errors: list[str], answer) -> Reply:
         if errors:

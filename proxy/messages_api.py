@@ -1,0 +1,290 @@
+"""``POST /v1/messages`` and ``/v1/messages/count_tokens``: Anthropic's Messages API on every provider.
+
+Anthropic and Claude-on-Vertex deployments get the request as the client sent it
+(only the model mapped; ``anthropic-version`` / ``anthropic-beta`` forwarded) and
+their answer relayed byte for byte, errors included: clients such as Claude Code
+match on Anthropic's exact words. Every other provider gets the request translated
+to the internal Chat format once (``translators.messages``) and its chunks turned
+back into Messages events, so failover can cross providers. Errors the router
+makes itself use Anthropic's shape and statuses; after the first byte a failure
+is an ``event: error``, and long upstream silences get ``ping`` events.
+
+``GET /v1/models`` answers in Anthropic's list shape when the request carries
+``anthropic-version`` (the Anthropic SDKs and Claude Code's model discovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+from django.conf import settings
+
+from . import routing, views
+from .asgi import Request, Response, StreamingResponse, json_response
+from .config import Deployment
+from .errors import ProxyError
+from .pipeline import HEARTBEAT, Opened, open_upstream
+from .providers import adapter_for
+from .providers.base import Adapter, UpstreamRequest
+from .translators.messages import (
+    InvalidMessages,
+    MessagesStream,
+    chat_to_message,
+    encode_event,
+    error_body,
+    error_status_and_type,
+    estimate_input_tokens,
+    messages_to_chat,
+)
+from .translators.messages_native import PassthroughContext, UsageReader
+from .usage import UsageLog
+
+log = logging.getLogger(__name__)
+PING = encode_event({"type": "ping"})
+_MODEL_NAME = re.compile(r"`([^`]+)`")
+
+
+# ---- errors ------------------------------------------------------------------------
+
+def anthropic_error_response(err: ProxyError, req: Request) -> Response:
+    headers = {"request-id": req.request_id}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after)))
+    if err.upstream_body and not err.credential_fault:
+        # Anthropic's own error: relayed unchanged (Claude Code recovers on its wording)
+        return Response(err.upstream_status or err.status, err.upstream_body, headers=headers)
+    if err.code == "model_not_found" and (name := _MODEL_NAME.search(err.message)):
+        err = ProxyError(404, f"model: {name.group(1)}", type="not_found_error")
+    status, _ = error_status_and_type(err)
+    return json_response(error_body(err, req.request_id), status, headers)
+
+
+async def _anthropic_errors(req: Request, coro) -> Response | StreamingResponse:
+    try:
+        return await coro
+    except ProxyError as err:
+        return anthropic_error_response(err, req)
+
+
+def _validate(body: dict, *, count: bool = False) -> None:
+    if not isinstance(body.get("model"), str) or not body["model"].strip():
+        raise InvalidMessages("model: Field required")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise InvalidMessages("messages: Field required")
+    if not count and body.get("max_tokens") is None:
+        raise InvalidMessages("max_tokens: Field required")
+
+
+# ---- POST /v1/messages ---------------------------------------------------------------
+
+async def messages(req: Request) -> Response | StreamingResponse:
+    return await _anthropic_errors(req, _logged(req))
+
+
+async def _logged(req: Request) -> Response | StreamingResponse:
+    body = views.parse_body(req)
+    log_ = views.start_log(req, "messages", body, stream=body.get("stream") is True)
+    return await views.guarded(log_, _messages(req, body, log_))
+
+
+async def _messages(req: Request, body: dict, usage: UsageLog) -> Response | StreamingResponse:
+    config = await views.authorize(req)
+    _validate(body)
+    stream = body.get("stream") is True
+    plan = views.route(config, req, body)
+    translated: tuple | None = None
+
+    def build(adapter: Adapter, dep: Deployment) -> UpstreamRequest:
+        nonlocal translated
+        if adapter.messages_native(dep):
+            return adapter.messages_request(dep, body, req.headers, stream=stream)
+        if translated is None:
+            translated = messages_to_chat(body, stream=stream)
+        return adapter.chat_request(dep, translated[0], stream=stream)
+
+    heartbeat = settings.ROUTER_KEEPALIVE_INTERVAL if stream else None
+    opened = await open_upstream(plan, build, usage, stream=stream, heartbeat=heartbeat)
+    usage.first_byte()
+    headers = {"request-id": req.request_id}
+    if isinstance(opened.req.ctx, PassthroughContext):
+        if stream:
+            return StreamingResponse(_relay_native(opened, usage), headers=headers)
+        raw = await opened.response.aread()
+        reader = UsageReader()
+        reader.message(raw)
+        usage.add_usage(reader.chat_usage())
+        usage.finish()
+        return Response(200, raw, headers=headers)
+    ctx = translated[1]  # type: ignore[index]
+    if stream:
+        return StreamingResponse(_relay_translated(opened, MessagesStream(ctx), usage), headers=headers)
+    raw = await opened.response.aread()
+    try:
+        completion = opened.adapter.chat_response(json.loads(raw), opened.req.ctx)
+    except ValueError:
+        raise ProxyError(502, f"{opened.adapter.provider} returned a body that is not JSON",
+                         code="bad_upstream_response") from None
+    usage.add_usage(completion.get("usage"))
+    usage.finish()
+    return json_response(chat_to_message(completion, ctx), headers=headers)
+
+
+async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog) -> AsyncIterator[bytes]:
+    chunks = opened.chunks
+    assert chunks is not None
+    finished = False
+    seen = 0
+    try:
+        for ev in ms.started():
+            yield encode_event(ev)
+        for chunk in [*opened.first]:
+            usage.add_usage(chunk.get("usage"))
+            for ev in ms.feed(chunk):
+                yield encode_event(ev)
+        async for chunk in chunks:
+            if chunk is HEARTBEAT:
+                yield PING
+                continue
+            if chunk.get("usage"):
+                usage.add_usage(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                seen += len(json.dumps(choice.get("delta") or {})) - 2
+            for ev in ms.feed(chunk):
+                yield encode_event(ev)
+        for ev in ms.finish():
+            _note_error(ev, usage)
+            yield encode_event(ev)
+        finished = True
+    except ProxyError as err:
+        usage.fail(err)
+        for ev in ms.fail(err):
+            yield encode_event(ev)
+        finished = True
+    finally:
+        await chunks.aclose()
+        _close_log(usage, finished, seen)
+
+
+async def _relay_native(opened: Opened, usage: UsageLog) -> AsyncIterator[bytes]:
+    chunks = opened.chunks
+    assert chunks is not None
+    reader = UsageReader()
+    finished = False
+    try:
+        for event in [*opened.first]:
+            reader.event(event)
+            yield event.raw
+        async for event in chunks:
+            if event is HEARTBEAT:
+                yield PING
+                continue
+            reader.event(event)
+            if event.event == "error":
+                _note_error(json.loads(event.data), usage)
+            yield event.raw
+        finished = True
+    except ProxyError as err:
+        usage.fail(err)
+        yield encode_event(error_body(err))
+        finished = True
+    finally:
+        await chunks.aclose()
+        usage.add_usage(reader.chat_usage())
+        _close_log(usage, finished, 0)
+
+
+def _note_error(ev: dict, usage: UsageLog) -> None:
+    if ev.get("type") == "error":
+        error = ev.get("error") or {}
+        usage.status, usage.error_type = 502, str(error.get("type") or "api_error")
+        usage.error_message = str(error.get("message") or "")[:1000]
+
+
+def _close_log(usage: UsageLog, finished: bool, seen_chars: int) -> None:
+    if not finished and not usage.error_type:
+        usage.client_closed, usage.status = True, 499
+    if usage.prompt == 0 and usage.completion == 0 and seen_chars > 0:
+        usage.completion, usage.estimated = max(1, seen_chars // 4), True
+    usage.finish()
+
+
+# ---- POST /v1/messages/count_tokens ------------------------------------------------------
+
+async def count_tokens(req: Request) -> Response:
+    return await _anthropic_errors(req, _count_tokens(req))  # type: ignore[return-value]
+
+
+async def _count_tokens(req: Request) -> Response:
+    body = views.parse_body(req)
+    config = await views.authorize(req)
+    _validate(body, count=True)
+    plan = views.route(config, req, body)
+    dep = plan.deps[0]
+    adapter = adapter_for(dep.credential.type)
+    chat = None if adapter.messages_native(dep) else messages_to_chat(body, stream=False)[0]
+    upstream = adapter.count_tokens_request(dep, body, chat or {}, req.headers)
+    counted = await _provider_count(adapter, dep, upstream) if upstream is not None else None
+    tokens = counted if counted is not None else estimate_input_tokens(body)
+    return json_response({"input_tokens": tokens}, headers={"request-id": req.request_id})
+
+
+async def _provider_count(adapter: Adapter, dep: Deployment, upstream: UpstreamRequest) -> int | None:
+    """The provider's count; None (estimate instead) when it cannot be had. The client's own mistakes
+    (an Anthropic 4xx about the request) are raised as Anthropic said them."""
+    try:
+        headers = {**upstream.headers, **await adapter.auth_headers(dep.credential)}
+        async with asyncio.timeout(settings.ROUTER_FIRST_BYTE_TIMEOUT):
+            response = await adapter.send(upstream, headers)
+            raw = await response.aread()
+            await response.aclose()
+    except (ProxyError, httpx.HTTPError, TimeoutError, OSError) as exc:
+        log.warning("count_tokens on %s failed (%s); estimating locally", dep.key, type(exc).__name__)
+        return None
+    if response.status_code >= 400:
+        err = adapter.error(response.status_code, raw, response.headers)
+        if err.upstream_body and response.status_code in (400, 404, 413):
+            err.upstream_status = response.status_code
+            raise err
+        log.warning("count_tokens on %s answered %d; estimating locally", dep.key, response.status_code)
+        return None
+    try:
+        return adapter.count_tokens_response(json.loads(raw))
+    except ValueError:
+        return None
+
+
+# ---- GET /v1/models (Anthropic's shape when asked for it) ------------------------------------
+
+def _model(name: str) -> dict:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+async def list_models(req: Request) -> Response:
+    if not req.headers.get("anthropic-version"):
+        return await views.list_models(req)
+    return await _anthropic_errors(req, _list_models(req))  # type: ignore[return-value]
+
+
+async def _list_models(req: Request) -> Response:
+    config = await views.authorize(req)
+    data = [_model(name) for name in views.all_model_names(config)]
+    return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                          "last_id": data[-1]["id"] if data else None})
+
+
+async def get_model(req: Request) -> Response:
+    if not req.headers.get("anthropic-version"):
+        return await views.get_model(req)
+    return await _anthropic_errors(req, _get_model(req))  # type: ignore[return-value]
+
+
+async def _get_model(req: Request) -> Response:
+    config = await views.authorize(req)
+    if not routing.exists(config, req.path_param):
+        raise routing.model_not_found(req.path_param)
+    return json_response(_model(req.path_param))
