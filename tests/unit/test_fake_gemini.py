@@ -426,13 +426,21 @@ def test_no_scripted_turn_left_is_a_500(gemini):
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("POST", f"/v1beta/models/{MODEL}:countTokens"),
+    ("POST", f"/v1beta/models/{MODEL}:computeTokens"),
     ("POST", "/v1/models"),
     ("GET", f"/v1beta/models/{MODEL}:generateContent"),
 ])
 def test_unknown_routes_are_404(gemini, method, path):
     resp = httpx.request(method, f"{gemini().url}{path}", headers=STUDIO_KEY, json={}, timeout=10)
     assert resp.status_code == 404 and resp.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_count_tokens_checks_its_body(gemini):
+    fake = gemini()
+    resp = _studio(fake, "countTokens", {"generateContentRequest": {"model": f"models/{MODEL}", **_hello()}})
+    assert resp.status_code == 200 and resp.json()["totalTokens"] > 0
+    resp = _studio(fake, "countTokens", {"generationConfig": {}})
+    assert resp.status_code == 400 and "Unknown name" in resp.json()["error"]["message"]
 
 
 def test_batch_embed_contents(gemini):
