@@ -145,6 +145,7 @@ async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog)
         for chunk in [*opened.first]:
             usage.add_usage(chunk.get("usage"))
             for ev in ms.feed(chunk):
+                _note_first_token(ev, usage)
                 yield encode_event(ev)
         async for chunk in chunks:
             if chunk is HEARTBEAT:
@@ -155,6 +156,7 @@ async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog)
             for choice in chunk.get("choices") or ():
                 seen += len(json.dumps(choice.get("delta") or {})) - 2
             for ev in ms.feed(chunk):
+                _note_first_token(ev, usage)
                 yield encode_event(ev)
         for ev in ms.finish():
             _note_error(ev, usage)
@@ -184,7 +186,9 @@ async def _relay_native(opened: Opened, usage: UsageLog) -> AsyncIterator[bytes]
                 yield PING
                 continue
             reader.event(event)
-            if event.event == "error":
+            if event.event == "content_block_delta":
+                usage.first_token()
+            elif event.event == "error":
                 _note_error(json.loads(event.data), usage)
             yield event.raw
         finished = True
@@ -196,6 +200,11 @@ async def _relay_native(opened: Opened, usage: UsageLog) -> AsyncIterator[bytes]
         await chunks.aclose()
         usage.add_usage(reader.chat_usage())
         _close_log(usage, finished, 0)
+
+
+def _note_first_token(ev: dict, usage: UsageLog) -> None:
+    if ev["type"] == "content_block_delta":
+        usage.first_token()
 
 
 def _note_error(ev: dict, usage: UsageLog) -> None:
