@@ -88,6 +88,32 @@ _FAST_STREAM = (response_head("200 OK", "text/event-stream") + b"".join(http_chu
                 + http_chunk(_tail) + b"0\r\n\r\n")
 _MODELS = _fixed("200 OK", "application/json",
                  _json({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "x"}]}))
+_MESSAGE = {"id": "msg_bench", "type": "message", "role": "assistant", "model": MODEL, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                      "output_tokens": 1}}
+
+
+def anthropic_events(pieces: int) -> list[bytes]:
+    """An Anthropic Messages stream with ``pieces`` text deltas (the same answer as the Chat stream)."""
+    def event(data: dict) -> bytes:
+        return f"event: {data['type']}\n".encode() + sse(data)
+
+    return [event({"type": "message_start", "message": _MESSAGE}), event({"type": "ping"}),
+            event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            *(event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"word{i} "}})
+              for i in range(pieces)),
+            event({"type": "content_block_stop", "index": 0}),
+            event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                   "usage": {"output_tokens": 8}}),
+            event({"type": "message_stop"})]
+
+
+_MESSAGES_STREAM = (response_head("200 OK", "text/event-stream")
+                    + b"".join(http_chunk(e) for e in anthropic_events(8)) + b"0\r\n\r\n")
+_MESSAGE_BODY = _fixed("200 OK", "application/json", _json({
+    **_MESSAGE, "content": [{"type": "text", "text": "The quick brown fox jumps over the lazy dog."}],
+    "stop_reason": "end_turn", "usage": {**_MESSAGE["usage"], "output_tokens": 8}}))
 _NOT_FOUND = _fixed("404 Not Found", "application/json", _json({"error": {"message": "not found", "code": None}}))
 
 
@@ -161,6 +187,8 @@ class UpstreamProtocol(asyncio.Protocol):
         assert self.transport is not None
         if method == b"GET" and path.endswith(b"/models"):
             self.transport.write(_MODELS)
+        elif method == b"POST" and path.endswith(b"/v1/messages"):
+            self.transport.write(_MESSAGES_STREAM if any(flag in body for flag in _STREAM) else _MESSAGE_BODY)
         elif method != b"POST" or not path.endswith(b"/chat/completions"):
             self.transport.write(_NOT_FOUND)
         elif (many := _MANY.search(body)) is not None:

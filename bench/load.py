@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 DONE = b"data: [DONE]\n\n"
+MESSAGE_STOP = b'data: {"type":"message_stop"}\n\n'  # the end of an Anthropic Messages stream
 PIECE = b'"content":"word'
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
@@ -125,11 +126,11 @@ def check(status: int, body: bytes, cmd: dict) -> str:
     if status != 200:
         return f"HTTP {status}: {body[:200]!r}"
     if cmd.get("stream"):
-        if not body.endswith(DONE):
-            return f"stream did not end with [DONE]: ...{body[-120:]!r}"
+        if not body.endswith((DONE, MESSAGE_STOP)):
+            return f"stream did not end with [DONE] or message_stop: ...{body[-120:]!r}"
         if cmd.get("pieces") is not None and body.count(PIECE) != cmd["pieces"]:
             return f"stream had {body.count(PIECE)} content chunks, expected {cmd['pieces']}"
-    elif not body.startswith(b"{") or b'"choices"' not in body:
+    elif not body.startswith(b"{") or (b'"choices"' not in body and b'"type":"message"' not in body):
         return f"not a completion: {body[:200]!r}"
     return ""
 

@@ -257,6 +257,10 @@ credentials:
     type: openai
     base_url: http://127.0.0.1:{upstream_port}/v1
     api_key: sk-bench-upstream
+  - name: bench_anthropic
+    type: anthropic
+    base_url: http://127.0.0.1:{upstream_port}
+    api_key: sk-bench-upstream
 models:
   - name: bench
     credential: bench_fake
@@ -264,6 +268,9 @@ models:
   - name: bench-slow
     credential: bench_fake
     model: {slow_model(profile)}
+  - name: bench-claude
+    credential: bench_anthropic
+    model: bench-upstream
 """
 
 
@@ -283,6 +290,12 @@ def slow_model(profile: Profile) -> str:
 
 
 # ---- measurements ---------------------------------------------------------------
+
+def messages_body(*, stream: bool) -> str:
+    system, user = MESSAGES
+    return json.dumps({"model": "bench-claude", "system": system["content"], "max_tokens": 64, "stream": stream,
+                       "messages": [user]})
+
 
 def body(model: str, *, stream: bool) -> str:
     data: dict = {"model": model, "messages": MESSAGES, "max_tokens": 64}
@@ -405,6 +418,39 @@ class Bench:
         return result
 
 
+@dataclass
+class MessagesVsChat:
+    """Interleaved streaming runs (c=16) of ``/v1/messages`` (native relay to an Anthropic upstream) and
+    ``/v1/chat/completions`` (relay to an OpenAI upstream) on the same router: CPU per request compared."""
+
+    messages: list[dict] = field(default_factory=list)
+    chat: list[dict] = field(default_factory=list)
+
+    def cpu(self, side: str) -> float | None:
+        return median([r["cpu_ms_per_req"] for r in getattr(self, side)])
+
+    def errors(self) -> list[str]:
+        return [e for r in self.messages + self.chat for e in r["error_samples"]][:3]
+
+
+def messages_vs_chat(bench: Bench, router: Router) -> MessagesVsChat:
+    result = MessagesVsChat()
+    p = bench.profile
+    for i in range(p.onoff_rounds):
+        for side in ("messages", "chat") if i % 2 == 0 else ("chat", "messages"):
+            if side == "chat":
+                run = bench.closed(router, stream=True, concurrency=16, duration=p.onoff_duration)
+            else:
+                run = bench.load.run(op="closed", url=router.url + "/v1/messages",
+                                     headers={"content-type": "application/json", "x-api-key": MASTER_KEY,
+                                              "anthropic-version": "2023-06-01"},
+                                     body=messages_body(stream=True), stream=True, concurrency=16,
+                                     duration=p.onoff_duration, warmup=p.warmup, max_requests=p.max_requests,
+                                     pid=router.proc.pid)
+            getattr(result, side).append(run)
+    return result
+
+
 class MachineLoad:
     """CPU used on this machine by processes other than the benchmark's (they add noise)."""
 
@@ -456,7 +502,7 @@ def at_most(value: float | None, limit: float) -> bool:
     return value is not None and value <= limit
 
 
-def targets_table(bench: Bench, slow: dict, onoff: OnOff, rows: int) -> list[str]:
+def targets_table(bench: Bench, slow: dict, onoff: OnOff, mvc: MessagesVsChat, rows: int) -> list[str]:
     def cell(stream: bool, c: int) -> Cell:
         return next(x for x in bench.cells if x.stream == stream and x.concurrency == c)
 
@@ -477,6 +523,8 @@ def targets_table(bench: Bench, slow: dict, onoff: OnOff, rows: int) -> list[str
          at_most(capacity, 5.0)),
         ("usage rows written == requests", f"{rows} / {bench.sent_to_logging_router}", "equal",
          rows == bench.sent_to_logging_router),
+        ("CPU/request: /v1/messages relay vs chat relay", f"{fmt(mvc.cpu('messages'))} vs {fmt(mvc.cpu('chat'))} ms",
+         "<= chat", at_most(mvc.cpu("messages"), mvc.cpu("chat") or 0.0) and not mvc.errors()),
     ]
     head = f"{'target':<44}{'measured':>30}  {'target':<10}{'result':>6}"
     lines = [head, "-" * len(head)]
@@ -486,7 +534,8 @@ def targets_table(bench: Bench, slow: dict, onoff: OnOff, rows: int) -> list[str
     return lines
 
 
-def report(bench: Bench, slow: dict, onoff: OnOff, rows: int, db: Database, mode: str) -> str:
+def report(bench: Bench, slow: dict, onoff: OnOff, mvc: MessagesVsChat, rows: int, db: Database,
+           mode: str) -> str:
     p = bench.profile
     lines = ["", f"Chat completions through the router (usage logging on), median of {p.rounds} round(s); "
              "'+' = router minus direct, paired runs", *matrix_table(bench.cells), ""]
@@ -500,15 +549,20 @@ def report(bench: Bench, slow: dict, onoff: OnOff, rows: int, db: Database, mode
                  f"on {fmt(onoff.rps('on'), 0)} rps / {fmt(onoff.cpu('on'), 3)} ms CPU, "
                  f"off {fmt(onoff.rps('off'), 0)} rps / {fmt(onoff.cpu('off'), 3)} ms CPU; "
                  f"{rows} usage rows for {bench.sent_to_logging_router} requests")
+    lines.append(f"/v1/messages native relay vs /v1/chat/completions relay, streaming c=16, {p.onoff_rounds} "
+                 f"alternating round(s): messages {fmt(mvc.cpu('messages'), 3)} ms CPU/request, "
+                 f"chat {fmt(mvc.cpu('chat'), 3)} ms CPU/request")
+    lines += [f"    error (messages vs chat): {err}" for err in mvc.errors()]
     lines += [f"    error ({cell.label}): {err}" for cell in bench.cells for err in cell.error_samples()]
     smoke = " -- smoke run: the figures mean nothing" if mode == "smoke" else ""
-    lines += ["", f"Targets (issue 3, under Daphne){smoke}", *targets_table(bench, slow, onoff, rows)]
+    lines += ["", f"Targets (issues 3 and 14, under Daphne){smoke}", *targets_table(bench, slow, onoff, mvc, rows)]
     return "\n".join(lines)
 
 
-def raw_figures(bench: Bench, slow: dict, onoff: OnOff, rows: int) -> dict:
+def raw_figures(bench: Bench, slow: dict, onoff: OnOff, mvc: MessagesVsChat, rows: int) -> dict:
     return {"cells": [{"stream": c.stream, "concurrency": c.concurrency, "pairs": c.pairs} for c in bench.cells],
             "slow_streams": slow, "logging_on": onoff.on, "logging_off": onoff.off, "usage_rows": rows,
+            "messages_passthrough": mvc.messages, "chat_relay": mvc.chat,
             "requests_to_logging_router": bench.sent_to_logging_router}
 
 
@@ -602,6 +656,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
         # On/off first, while both routers are fresh: after the matrix and 500 streams the logging router
         # carries a bigger heap and connection pool, which would be charged to logging.
         onoff = bench.logging_on_off(on, off)
+        mvc = messages_vs_chat(bench, off)
         db.wait_rows(bench.sent_to_logging_router)  # its queued rows must not be written during the matrix
         print("matrix (each router run right after the same load sent directly to the fake upstream):", flush=True)
         bench.matrix(on)
@@ -616,8 +671,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
               f"process, closed loop, {profile.duration:g} s per run after {profile.warmup:g} s warm-up; "
               f"CPU = router process utime+stime / requests")
     keys = keys_overhead(mode)
-    text = report(bench, slow, onoff, rows, db, mode) + "\n" + keys_row(keys)
-    return header + "\n" + text, {**raw_figures(bench, slow, onoff, rows), "client_keys": keys}
+    text = report(bench, slow, onoff, mvc, rows, db, mode) + "\n" + keys_row(keys)
+    return header + "\n" + text, {**raw_figures(bench, slow, onoff, mvc, rows), "client_keys": keys}
 
 
 KEYS_RUNS = {"full": (3000, 5), "quick": (2000, 3), "smoke": (100, 1)}

@@ -18,7 +18,7 @@ hide_secrets = method_decorator(
 class ProviderModelInline(admin.TabularInline):
     model = ProviderModel
     extra = 1
-    fields = ("name", "upstream_model", "rpm", "tpm", "enabled")
+    fields = ("name", "upstream_model", "rpm", "tpm", "enabled", "prompt_caching")
 
 
 @admin.register(Credential)
@@ -36,6 +36,7 @@ class CredentialAdmin(admin.ModelAdmin):
                                   "credentials_file")}),
         ("Limits (empty = unlimited)", {"fields": ("rpm", "tpm")}),
         ("OpenAI-compatible and proxy only", {"fields": ("responses_api", "discover_models")}),
+        ("Anthropic and Claude on Vertex", {"fields": ("prompt_caching",)}),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

@@ -78,8 +78,9 @@ SECRET_FIELDS = ("api_key", "service_account_json")
 CREDENTIAL_FIELDS = (
     "type", "api_key", "base_url", "project_id", "location", "service_account_json", "credentials_file",
     "extra_headers", "rpm", "tpm", "weight", "enabled", "is_fallback", "responses_api", "discover_models",
+    "prompt_caching",
 )
-MODEL_FIELDS = ("upstream_model", "rpm", "tpm", "enabled")
+MODEL_FIELDS = ("upstream_model", "rpm", "tpm", "enabled", "prompt_caching")
 VERTEX_ONLY = ("project_id", "location", "credentials_file", "credentials_json")
 HEADER_KEYS = ("extra_headers", "headers", "request_headers")
 
@@ -88,8 +89,9 @@ SERVER_KEYS = ("master_key", "model_prices_link")
 CREDENTIAL_KEYS = (
     "name", "type", "api_key", "base_url", "project_id", "location", "credentials_file", "credentials_json",
     *HEADER_KEYS, "rpm", "tpm", "weight", "enabled", "is_fallback", "responses_api", "discover_models", "models",
+    "prompt_caching",
 )
-MODEL_KEYS = ("name", "credential", "model", "rpm", "tpm", "enabled")
+MODEL_KEYS = ("name", "credential", "model", "rpm", "tpm", "enabled", "prompt_caching")
 ALIAS_KEYS = ("alias", "target")
 
 # Keys of the original router's format that this router does not use: a warning, not an error.
@@ -520,7 +522,7 @@ def _parse_credential(r: _Reader, item: Any, path: str, spec: ConfigSpec) -> Non
     values["rpm"], values["tpm"] = r.limit(item, "rpm", path), r.limit(item, "tpm", path)
     values["weight"] = r.count(item, "weight", path, 1)
     values["enabled"] = r.flag(item, "enabled", path, True)
-    for key in ("is_fallback", "responses_api", "discover_models"):
+    for key in ("is_fallback", "responses_api", "discover_models", "prompt_caching"):
         values[key] = r.flag(item, key, path, False)
     if values["type"] not in (MISSING, CredentialType.VERTEX):
         for key in VERTEX_ONLY:
@@ -624,6 +626,7 @@ def _parse_model(r: _Reader, item: Any, path: str, credential: str | None) -> Mo
         "rpm": r.limit(item, "rpm", path),
         "tpm": r.limit(item, "tpm", path),
         "enabled": r.flag(item, "enabled", path, True),
+        "prompt_caching": r.flag(item, "prompt_caching", path, False),
     }
     broken = len(r.errors) > errors_before or any(v is MISSING for v in values.values())
     return ModelSpec(path, name if isinstance(name, str) else "", credential if isinstance(credential, str) else "",
@@ -1157,6 +1160,8 @@ def _export_model(model: ProviderModel) -> dict:
             item[name] = getattr(model, name)
     if not model.enabled:
         item["enabled"] = False
+    if model.prompt_caching:
+        item["prompt_caching"] = True
     return item
 
 

@@ -70,6 +70,11 @@ class Credential(models.Model):
         "serve every upstream model", default=False,
         help_text="openai/proxy only: serve what the upstream lists at GET /v1/models (refreshed in the background)",
     )
+    prompt_caching = models.BooleanField(
+        "add prompt-caching breakpoints", default=False,
+        help_text="Anthropic and Claude on Vertex: add prompt-caching breakpoints to requests that set none "
+                  "(last system block, last tool, the turn before the last user message)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -137,6 +142,11 @@ class ProviderModel(models.Model):
     rpm = models.PositiveIntegerField("requests/min", null=True, blank=True)
     tpm = models.PositiveIntegerField("tokens/min", null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    prompt_caching = models.BooleanField(
+        "add prompt-caching breakpoints", default=False,
+        help_text="Anthropic and Claude on Vertex: add prompt-caching breakpoints to requests that set none "
+                  "(also on when the credential has it on)",
+    )
 
     class Meta:
         ordering = ["name", "credential__name"]

@@ -47,6 +47,7 @@ class CredentialConfig:
     is_fallback: bool = False
     responses_api: bool = False
     discover_models: bool = False
+    prompt_caching: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ class Deployment:
     upstream_model: str
     rpm: int | None = None
     tpm: int | None = None
+    prompt_caching: bool = False  # add Anthropic cache breakpoints (the model's or its credential's setting)
+
+    @property
+    def caches_prompts(self) -> bool:
+        return self.prompt_caching or self.credential.prompt_caching
 
     @property
     def key(self) -> str:
@@ -112,13 +118,15 @@ def load() -> RouterConfig:
             project_id=c.project_id, location=c.location, service_account=sa,
             extra_headers=dict(c.extra_headers or {}), rpm=c.rpm, tpm=c.tpm, weight=max(1, c.weight),
             is_fallback=c.is_fallback, responses_api=c.responses_api, discover_models=c.discover_models,
+            prompt_caching=c.prompt_caching,
         )
     pools: dict[str, list[Deployment]] = {}
     for m in ProviderModel.objects.filter(enabled=True).select_related("credential"):
         cred = creds.get(m.credential.name)
         if cred is None:
             continue
-        pools.setdefault(m.name, []).append(Deployment(m.name, cred, m.upstream_id, m.rpm, m.tpm))
+        pools.setdefault(m.name, []).append(Deployment(m.name, cred, m.upstream_id, m.rpm, m.tpm,
+                                                       m.prompt_caching or cred.prompt_caching))
     aliases = {a.alias: tuple(a.targets) for a in ModelAlias.objects.all()}
     redaction.set_source("config", secrets)
     master = hash_key(settings.ROUTER_MASTER_KEY) if settings.ROUTER_MASTER_KEY else router.master_key_hash

@@ -25,6 +25,8 @@ EXPECTED_ROWS = [
     r"^usage logging on: throughput cost \(\*\)\s+-?[\d.]+ % \(rps: -?[\d.]+ %\)\s+<= 5 %\s+(PASS|FAIL)$",
     r"^usage rows written == requests\s+(\d+) / \1\s+equal\s+PASS$",
     r"^client key: lookup \+ limits \+ budget admission, added CPU\s+-?\d+ us\s+<= 100 us\s+(PASS|FAIL)",
+    r"^/v1/messages native relay vs /v1/chat/completions relay, streaming c=16, .* messages [\d.]+ ms CPU",
+    r"^CPU/request: /v1/messages relay vs chat relay\s+[\d.]+ vs [\d.]+ ms\s+<= chat\s+(PASS|FAIL)$",
 ]
 
 

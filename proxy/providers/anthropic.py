@@ -20,6 +20,7 @@ from ..translators.messages_native import (
     forwarded_headers,
     native_body,
 )
+from ..translators.prompt_cache import add_breakpoints
 from .base import Adapter, UpstreamRequest
 
 ANTHROPIC_BASE = "https://api.anthropic.com"
@@ -35,6 +36,8 @@ class AnthropicAdapter(Adapter):
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
         cred = dep.credential
         out, ctx = chat_to_anthropic({**body, "stream": stream}, dep.upstream_model)
+        if dep.caches_prompts:
+            out = add_breakpoints(out)
         return UpstreamRequest(f"{self._base(dep)}/v1/messages", out,
                                anthropic_headers(cred.api_key, cred.extra_headers), stream, ctx, dep=dep)
 
@@ -48,6 +51,7 @@ class AnthropicAdapter(Adapter):
 
     def messages_request(self, dep: Deployment, body: dict, client_headers: dict[str, str], *,
                          stream: bool) -> UpstreamRequest:
+        body = add_breakpoints(body) if dep.caches_prompts else body
         return UpstreamRequest(f"{self._base(dep)}/v1/messages", native_body(body, dep.upstream_model, vertex=False),
                                self._native_headers(dep, client_headers), stream, PassthroughContext(), dep=dep)
 

@@ -35,6 +35,7 @@ from ..translators.gemini import (
 )
 from ..translators.images import ImagenContext, ImageRequest, imagen_edit_model
 from ..translators.messages_native import PassthroughContext, PassthroughStream, forwarded_headers, native_body
+from ..translators.prompt_cache import add_breakpoints
 from .base import Adapter, StreamTranslator, UpstreamRequest
 from .gemini import (
     EMBED_BATCH,
@@ -112,6 +113,8 @@ class VertexAdapter(Adapter):
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
         if is_claude(dep.upstream_model):
             out, ctx = chat_to_anthropic({**body, "stream": stream}, dep.upstream_model, vertex=True)
+            if dep.caches_prompts:
+                out = add_breakpoints(out)
             action = "streamRawPredict" if stream else "rawPredict"
             return UpstreamRequest(self._url(dep, "anthropic", action), out, self._headers(dep), stream, ctx,
                                    dep=dep)
@@ -136,6 +139,7 @@ class VertexAdapter(Adapter):
         url = self._url(dep, "anthropic", "streamRawPredict" if stream else "rawPredict")
         headers = {**self._headers(dep), **forwarded_headers(client_headers)}
         headers.pop("anthropic-version")  # Vertex takes the version in the body
+        body = add_breakpoints(body) if dep.caches_prompts else body
         return UpstreamRequest(url, native_body(body, dep.upstream_model.removeprefix("anthropic/"), vertex=True),
                                {**headers, **dep.credential.extra_headers}, stream, PassthroughContext(vertex=True),
                                dep=dep)

@@ -203,6 +203,8 @@ def validate_body(body: Any, *, vertex: bool = False, betas: frozenset[str] = fr
                                   for b in _blocks(m, "")),
            "Requests which include `tool_use` or `tool_result` blocks must define tools.")
     _check_thinking(body)
+    marks = json.dumps([body.get("system"), body.get("tools"), body["messages"]]).count('"cache_control"')
+    _check(marks <= 4, f"A maximum of 4 blocks with cache_control may be provided. Found {marks}.")
 
 
 def _check_top_level(body: dict, vertex: bool) -> None:
@@ -490,7 +492,9 @@ def _check_thinking(body: dict) -> None:
     _check(body.get("temperature", 1) == 1, "`temperature` may only be set to 1 when thinking is enabled.")
     _check("top_k" not in body, "`top_k` must be unset when thinking is enabled.")
     _check(body.get("top_p", 1) >= 0.95, "`top_p` must be greater than or equal to 0.95 when thinking is enabled.")
-    _check_final_thinking(messages)
+    if kind == "enabled":
+        # with adaptive thinking the model may skip thinking, so a turn without it stays valid
+        _check_final_thinking(messages)
 
 
 def _check_final_thinking(messages: list[dict]) -> None:
