@@ -96,6 +96,8 @@ class StreamingResponse:
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+#: an endpoint's own error shape (Anthropic's for /v1/messages); None: the default (OpenAI's)
+ErrorShape = Callable[[ProxyError, Request], Response | None]
 
 #: observers of API requests (metrics, tracing): called with (method, path, headers) as a request
 #: starts, in the context its handler will run in; each returns what to call when it has ended
@@ -118,11 +120,13 @@ def error_response(err: ProxyError) -> Response:
 
 class ApiApp:
     def __init__(self, routes: dict[str, dict[str, Handler]], prefixes: dict[str, dict[str, Handler]],
-                 fallback, *, optional_auth: frozenset[str] = frozenset()) -> None:
+                 fallback, *, optional_auth: frozenset[str] = frozenset(),
+                 error_shapes: dict[str, ErrorShape] | None = None) -> None:
         self.routes = routes
         self.prefixes = prefixes
         self.fallback = fallback
         self.optional_auth = optional_auth  # paths served without a key (a valid one shows more)
+        self.error_shapes = error_shapes or {}  # by path prefix: errors the front answers before the handler
         skip_twisted_form_parsing()
         server_limits.install()
 
@@ -192,7 +196,7 @@ class ApiApp:
             req.body = await _read_body(receive, headers)
             req._reservation.shrink(len(req.body))
         except ProxyError as err:
-            response = error_response(err)
+            response = self.error_response(err, req)
             if err.status == 401 and _large(headers):
                 response.headers["connection"] = "close"  # not worth reading the rest of the body
             await sender.respond(response, req.request_id)
@@ -210,6 +214,14 @@ class ApiApp:
             for end in reversed(ends):
                 end()
 
+    def error_response(self, err: ProxyError, req: Request) -> Response:
+        for prefix, shape in self.error_shapes.items():
+            if req.path == prefix or req.path.startswith(prefix + "/"):
+                shaped = shape(err, req)
+                if shaped is not None:
+                    return shaped
+        return error_response(err)
+
     async def _authenticate(self, path: str, headers: dict[str, str]) -> Principal | None:
         if path not in self.optional_auth:
             return await authenticate(headers)
@@ -224,7 +236,7 @@ class ApiApp:
         try:
             response = await handler(req)
         except Exception as exc:
-            response = error_response(as_proxy_error(exc, req.request_id, started=False))
+            response = self.error_response(as_proxy_error(exc, req.request_id, started=False), req)
         if req.response_headers:
             response.headers = {**req.response_headers, **response.headers}
         await sender.respond(response, req.request_id)

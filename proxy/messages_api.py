@@ -64,6 +64,11 @@ def anthropic_error_response(err: ProxyError, req: Request) -> Response:
     return json_response(error_body(err, req.request_id), status, headers)
 
 
+def models_error_response(err: ProxyError, req: Request) -> Response | None:
+    """``/v1/models`` errors in Anthropic's shape for Anthropic clients (``anthropic-version``)."""
+    return anthropic_error_response(err, req) if req.headers.get("anthropic-version") else None
+
+
 async def _anthropic_errors(req: Request, coro) -> Response | StreamingResponse:
     try:
         return await coro
@@ -113,16 +118,17 @@ async def _messages(req: Request, body: dict, usage: UsageLog) -> Response | Str
     headers = {"request-id": req.request_id}
     if isinstance(opened.req.ctx, PassthroughContext):
         if stream:
-            return StreamingResponse(_relay_native(opened, usage), headers=headers)
+            return StreamingResponse(_relay_native(opened, usage), headers=headers, terminal=_native_terminal)
         raw = await opened.response.aread()
         reader = UsageReader()
         reader.message(raw)
         usage.add_usage(reader.chat_usage())
-        usage.finish()
         return Response(200, raw, headers=headers)
     ctx = translated[1]  # type: ignore[index]
     if stream:
-        return StreamingResponse(_relay_translated(opened, MessagesStream(ctx), usage), headers=headers)
+        ms = MessagesStream(ctx)
+        return StreamingResponse(_relay_translated(opened, ms, usage), headers=headers,
+                                 terminal=lambda err: b"".join(map(encode_event, ms.fail(err))))
     raw = await opened.response.aread()
     try:
         completion = opened.adapter.chat_response(json.loads(raw), opened.req.ctx)
@@ -130,24 +136,18 @@ async def _messages(req: Request, body: dict, usage: UsageLog) -> Response | Str
         raise ProxyError(502, f"{opened.adapter.provider} returned a body that is not JSON",
                          code="bad_upstream_response") from None
     usage.add_usage(completion.get("usage"))
-    usage.finish()
     return json_response(chat_to_message(completion, ctx), headers=headers)
 
 
 async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog) -> AsyncIterator[bytes]:
+    """Chunks in, Messages events out; a failure midway is the front's to end (``terminal``: an error event)."""
     chunks = opened.chunks
     assert chunks is not None
-    finished = False
     seen = 0
     try:
         for ev in ms.started():
             yield encode_event(ev)
-        for chunk in [*opened.first]:
-            usage.add_usage(chunk.get("usage"))
-            for ev in ms.feed(chunk):
-                _note_first_token(ev, usage)
-                yield encode_event(ev)
-        async for chunk in chunks:
+        async for chunk in views.prepend(opened.first, chunks):
             if chunk is HEARTBEAT:
                 yield PING
                 continue
@@ -155,33 +155,26 @@ async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog)
                 usage.add_usage(chunk["usage"])
             for choice in chunk.get("choices") or ():
                 seen += len(json.dumps(choice.get("delta") or {})) - 2
+                usage.finish_reason(choice.get("finish_reason"))
             for ev in ms.feed(chunk):
-                _note_first_token(ev, usage)
+                if ev["type"] == "content_block_delta":
+                    usage.first_token()
                 yield encode_event(ev)
         for ev in ms.finish():
             _note_error(ev, usage)
             yield encode_event(ev)
-        finished = True
-    except ProxyError as err:
-        usage.fail(err)
-        for ev in ms.fail(err):
-            yield encode_event(ev)
-        finished = True
     finally:
         await chunks.aclose()
-        _close_log(usage, finished, seen)
+        views.estimate(usage, seen)
 
 
 async def _relay_native(opened: Opened, usage: UsageLog) -> AsyncIterator[bytes]:
+    """The upstream's events byte for byte (``ping`` on long silences)."""
     chunks = opened.chunks
     assert chunks is not None
     reader = UsageReader()
-    finished = False
     try:
-        for event in [*opened.first]:
-            reader.event(event)
-            yield event.raw
-        async for event in chunks:
+        async for event in views.prepend(opened.first, chunks):
             if event is HEARTBEAT:
                 yield PING
                 continue
@@ -191,20 +184,13 @@ async def _relay_native(opened: Opened, usage: UsageLog) -> AsyncIterator[bytes]
             elif event.event == "error":
                 _note_error(json.loads(event.data), usage)
             yield event.raw
-        finished = True
-    except ProxyError as err:
-        usage.fail(err)
-        yield encode_event(error_body(err))
-        finished = True
     finally:
         await chunks.aclose()
         usage.add_usage(reader.chat_usage())
-        _close_log(usage, finished, 0)
 
 
-def _note_first_token(ev: dict, usage: UsageLog) -> None:
-    if ev["type"] == "content_block_delta":
-        usage.first_token()
+def _native_terminal(err: ProxyError) -> bytes:
+    return encode_event(error_body(err))
 
 
 def _note_error(ev: dict, usage: UsageLog) -> None:
@@ -212,14 +198,6 @@ def _note_error(ev: dict, usage: UsageLog) -> None:
         error = ev.get("error") or {}
         usage.status, usage.error_type = 502, str(error.get("type") or "api_error")
         usage.error_message = str(error.get("message") or "")[:1000]
-
-
-def _close_log(usage: UsageLog, finished: bool, seen_chars: int) -> None:
-    if not finished and not usage.error_type:
-        usage.client_closed, usage.status = True, 499
-    if usage.prompt == 0 and usage.completion == 0 and seen_chars > 0:
-        usage.completion, usage.estimated = max(1, seen_chars // 4), True
-    usage.finish()
 
 
 # ---- POST /v1/messages/count_tokens ------------------------------------------------------

@@ -28,4 +28,5 @@ def build_app(fallback) -> ApiApp:
     open_paths = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
     usage.writer.start()  # rows an earlier process spooled are replayed now, not at the first request
     shutdown.install()
-    return ApiApp(routes, prefixes, fallback, optional_auth=open_paths)
+    shapes = {"/v1/messages": messages_api.anthropic_error_response, "/v1/models": messages_api.models_error_response}
+    return ApiApp(routes, prefixes, fallback, optional_auth=open_paths, error_shapes=shapes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,9 @@ HOP_HEADER = "x-router-hops"
 # Fields the internal format adds that an OpenAI upstream would reject (``images``: what a Gemini image
 # model drew in an earlier turn; Chat has no way to send an assistant's images back).
 _INTERNAL_MESSAGE_FIELDS = ("thinking_blocks", "images")
+# OpenAI models that do not reason answer 400 to `reasoning_effort`, which translated clients
+# (Claude Code's thinking, Codex's reasoning) send on every request.
+_NO_REASONING = re.compile(r"^(gpt-4|gpt-3\.5|chatgpt-)")
 
 
 def clean_messages(messages: list) -> list:
@@ -93,6 +97,8 @@ class OpenAIAdapter(Adapter):
             else:
                 upstream.pop("tools", None)
                 upstream.pop("tool_choice", None)
+        if self.provider == "openai" and _NO_REASONING.match(dep.upstream_model):
+            upstream.pop("reasoning_effort", None)
         if stream:
             upstream["stream"] = True
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

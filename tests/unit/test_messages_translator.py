@@ -402,3 +402,16 @@ def test_offline_estimate():
     assert with_image == 1600 + 3
     claude_code = estimate_input_tokens(fixture("turn1")["body"])
     assert 10000 < claude_code < 30000
+
+
+@pytest.mark.parametrize("model,kept", [("gpt-4.1", False), ("gpt-4o-mini", False), ("gpt-5", True), ("o3", True),
+                                        ("qwen3-coder", True)])
+def test_openai_models_that_do_not_reason_get_no_effort(model, kept):
+    from proxy.config import CredentialConfig, Deployment
+    from proxy.providers.openai import OpenAIAdapter
+
+    chat, _ = messages_to_chat({"model": "m", "messages": [{"role": "user", "content": "a"}],
+                                "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}})
+    dep = Deployment("m", CredentialConfig("c", "openai"), model)
+    sent = OpenAIAdapter().chat_request(dep, chat, stream=True).body
+    assert ("reasoning_effort" in sent) is kept and sent["model"] == model
