@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('credentials', '0003_model_prices_link'),
+        ('credentials', '0004_encrypt_extra_headers'),
     ]
 
     operations = [
