@@ -145,7 +145,9 @@ def test_migration_encrypts_existing_rows_and_reverses():
                 " '{}', 1, true, false, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)", [json.dumps(HEADERS)])
         executor = MigrationExecutor(connection)
         executor.migrate(after)
-        old, bare = Credential.objects.get(name="old"), Credential.objects.get(name="bare")
+        # only the columns 0004 knows: later migrations add fields to the model
+        rows = Credential.objects.only("name", "extra_headers")
+        old, bare = rows.get(name="old"), rows.get(name="bare")
         assert raw_headers(old.pk).startswith(crypto.PREFIX) and "tnt-Secret" not in raw_headers(old.pk)
         assert old.extra_headers == HEADERS and raw_headers(bare.pk) == "" and bare.extra_headers == {}
         MigrationExecutor(connection).migrate(before)
