@@ -259,7 +259,10 @@ async def list_models(req: Request) -> Response:
 
 async def _list_models(req: Request) -> Response:
     config = await views.authorize(req)
-    data = [_model(name) for name in views.all_model_names(config)]
+    names = views.all_model_names(config)
+    if req.key is not None:
+        names = [n for n in names if req.key.may_use(n)]
+    data = [_model(name) for name in names]
     return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                           "last_id": data[-1]["id"] if data else None})
 
@@ -272,6 +275,7 @@ async def get_model(req: Request) -> Response:
 
 async def _get_model(req: Request) -> Response:
     config = await views.authorize(req)
+    views.admission.check_model(req.key, req.path_param)
     if not routing.exists(config, req.path_param):
         raise routing.model_not_found(req.path_param)
     return json_response(_model(req.path_param))
