@@ -105,8 +105,21 @@ class _Echo:
         return value
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Pages to look at, never to edit: usage is written by the router alone."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "request_id", "key_id", "endpoint", "requested_model", "resolved_model",
                     "credential", "status", "stream", "prompt_tokens", "completion_tokens", "latency")
     list_filter = (TimeRangeFilter, StatusClassFilter, _rollup_filter("key_id", "key"),
@@ -125,15 +138,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: UsageRecord) -> str:
         return f"{obj.latency_ms:.0f} ms"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         return [path("export.csv", self.admin_site.admin_view(self.export_csv), name="proxy_usagerecord_export"),
@@ -165,16 +169,7 @@ def _ms(value: float | None) -> str:
 
 
 @admin.register(Dashboard)
-class DashboardAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
+class DashboardAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
