@@ -39,7 +39,11 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["resolved_model", "created_at"])]
+        # the usage explorer's filters, each with the time order its pages are read in
+        indexes = [models.Index(fields=["resolved_model", "created_at"]),
+                   models.Index(fields=["requested_model", "created_at"], name="usage_public_model_time"),
+                   models.Index(fields=["status", "created_at"], name="usage_status_time"),
+                   models.Index(fields=["endpoint", "created_at"], name="usage_endpoint_time")]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.endpoint} {self.status}"
