@@ -356,6 +356,28 @@ class UpstreamChunks:
             self._error = err
 
 
+async def joined(pieces: AsyncIterator[bytes], chunks: AsyncIterator | None) -> AsyncIterator[bytes]:
+    """What a relay has at hand goes out in one write: pieces are joined while ``chunks`` (an
+    ``UpstreamChunks``) still holds parsed chunks, and sent as soon as it would wait for the network.
+    A relay yields ``b""`` for a chunk it sends nothing for, so nothing waits behind it."""
+    out: list[bytes] = []
+    try:
+        async for piece in pieces:
+            if piece:
+                out.append(piece)
+            if out and not getattr(chunks, "buffered", False):
+                yield out[0] if len(out) == 1 else b"".join(out)
+                out = []
+        if out:
+            yield b"".join(out)
+    except Exception:
+        if out:
+            yield b"".join(out)  # what came before a failure still reaches the client, then its error
+        raise
+    finally:
+        await pieces.aclose()  # type: ignore[attr-defined]
+
+
 async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncIterator:
     idle = settings.ROUTER_IDLE_TIMEOUT
     it = response.aiter_bytes().__aiter__()

@@ -22,14 +22,26 @@ from django.conf import settings
 
 from .asgi import Request, Response, StreamingResponse, json_response
 from .errors import ProxyError, bad_request
-from .pipeline import HEARTBEAT, Opened, is_native, native, open_upstream
+from .pipeline import HEARTBEAT, Opened, is_native, joined, native, open_upstream
 from .redaction import redact
 from .translators.common import new_id, now
 from .translators.responses import ResponsesStream, base_response, encode_event, response_echo, responses_to_chat
 from .usage import UsageLog
-from .views import authorize, check_types, estimate, guarded, parse_body, prepend, require_model, route, start_log
+from .views import (
+    authorize,
+    check_types,
+    delta_chars,
+    estimate,
+    guarded,
+    parse_body,
+    prepend,
+    require_model,
+    route,
+    start_log,
+)
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+FLUSH: dict = {}  # from _translated after each chunk: the writer may send what it holds (see pipeline.joined)
 _NUMBER = (int, float)
 # OpenAI's types for the create-response parameters; a missing or null one takes OpenAI's default
 # (notably `stream`: false, so the SDKs' plain `responses.create` gets JSON).
@@ -77,12 +89,14 @@ async def _responses(req: Request, body: dict, log: UsageLog) -> Response | Stre
     if is_native(opened.req):
         native_stream = _NativeStream(body)
         if stream:
-            return StreamingResponse(native_stream.relay(opened, log), terminal=native_stream.failed)
+            return StreamingResponse(joined(native_stream.relay(opened, log), opened.chunks),
+                                     terminal=native_stream.failed)
         return await _collect(_parsed(native_stream.relay(opened, log)))
     rs = ResponsesStream(translated[1])  # type: ignore[index]
     events = _translated(opened, rs, log)
     if stream:
-        return StreamingResponse(_encoded(events), terminal=lambda err: b"".join(map(encode_event, rs.fail(err))))
+        return StreamingResponse(joined(_encoded(events), opened.chunks),
+                                 terminal=lambda err: b"".join(map(encode_event, rs.fail(err))))
     return await _collect(events)
 
 
@@ -108,13 +122,14 @@ async def _translated(opened: Opened, rs: ResponsesStream, log: UsageLog) -> Asy
                 log.add_usage(chunk["usage"])
             log.images += _images_in(chunk)
             for choice in chunk.get("choices") or ():
-                size = len(json.dumps(choice.get("delta") or {})) - 2
+                size = delta_chars(choice.get("delta"))
                 if size > 0:
                     seen += size
                     log.first_token()
                 log.finish_reason(choice.get("finish_reason"))
             for ev in rs.feed(chunk):
                 yield ev
+            yield FLUSH
         for ev in rs.finish():
             _note_terminal(ev, log)
             yield ev
@@ -137,7 +152,7 @@ def _note_terminal(ev: dict, log: UsageLog) -> None:
 async def _encoded(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     try:
         async for ev in events:
-            yield encode_event(ev)
+            yield encode_event(ev) if ev is not FLUSH else b""
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 

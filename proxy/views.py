@@ -24,7 +24,7 @@ from .config import RouterConfig
 from .errors import ProxyError, bad_request
 from .failures import as_proxy_error, upstream_shape
 from .parsing import parse_json, upstream_json
-from .pipeline import HEARTBEAT, open_upstream
+from .pipeline import HEARTBEAT, joined, open_upstream
 from .providers.openai import HOP_HEADER
 from .sse import encode
 from .usage import UsageLog
@@ -215,7 +215,8 @@ async def _chat(req: Request, body: dict, log: UsageLog) -> Response | Streaming
             return Response(200, raw)
         return json_response(result)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(_relay_chat(opened.first, opened.chunks, log, include_usage), terminal=chat_terminal)
+    return StreamingResponse(joined(_relay_chat(opened.first, opened.chunks, log, include_usage), opened.chunks),
+                             terminal=chat_terminal)
 
 
 def chat_terminal(err: ProxyError) -> bytes:
@@ -225,28 +226,21 @@ def chat_terminal(err: ProxyError) -> bytes:
 async def _relay_chat(first: list[dict], chunks: AsyncIterator, log: UsageLog,
                       include_usage: bool) -> AsyncIterator[bytes]:
     seen_chars = 0
-    out: list[bytes] = []  # chunks already at hand go out in one write (see UpstreamChunks.buffered)
     try:
         async for chunk in prepend(first, chunks):
-            if chunk is not HEARTBEAT and _relayed(chunk, log, include_usage):
-                for choice in chunk.get("choices") or ():
-                    log.images += len((choice.get("delta") or {}).get("images") or ())
-                    chars = _delta_chars(choice.get("delta"))
-                    if chars:
-                        seen_chars += chars
-                        log.first_token()
-                    log.finish_reason(choice.get("finish_reason"))
-                raw = getattr(chunk, "raw", None)
-                out.append(raw if raw is not None else encode(chunk))
-            if out and not getattr(chunks, "buffered", False):
-                yield out[0] if len(out) == 1 else b"".join(out)
-                out = []
-        out.append(DONE)
-        yield b"".join(out)
-    except Exception:
-        if out:
-            yield b"".join(out)  # what came before the failure still reaches the client, then its error
-        raise
+            if chunk is HEARTBEAT or not _relayed(chunk, log, include_usage):
+                yield b""
+                continue
+            for choice in chunk.get("choices") or ():
+                log.images += len((choice.get("delta") or {}).get("images") or ())
+                chars = delta_chars(choice.get("delta"))
+                if chars:
+                    seen_chars += chars
+                    log.first_token()
+                log.finish_reason(choice.get("finish_reason"))
+            raw = getattr(chunk, "raw", None)
+            yield raw if raw is not None else encode(chunk)
+        yield DONE
     finally:
         await chunks.aclose()
         estimate(log, seen_chars)
@@ -267,7 +261,7 @@ async def prepend(first: list, rest: AsyncIterator) -> AsyncIterator:
         yield item
 
 
-def _delta_chars(delta: dict | None) -> int:
+def delta_chars(delta: dict | None) -> int:
     if not delta:
         return 0
     n = len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")

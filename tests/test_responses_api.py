@@ -234,3 +234,12 @@ async def test_background_mode_is_refused(app, chat_upstream):
     await chat_upstream()
     res = await call(app, "POST", "/v1/responses", {"model": "gpt-4o", "input": "hi", "background": True}, AUTH)
     assert res.status == 400 and res.json()["error"]["param"] == "background"
+
+
+async def test_a_burst_of_chat_events_becomes_responses_events_in_few_writes(app, chat_upstream):
+    await chat_upstream(Reply(sse=["".join(stream_frames([f"w{i} " for i in range(1000)]))]))
+    res = await call(app, "POST", "/v1/responses", SIMPLE, AUTH)
+    evs = events(res.body)
+    deltas = [e["delta"] for e in evs if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "".join(f"w{i} " for i in range(1000)) and evs[-1]["type"] == "response.completed"
+    assert len(res.chunks) < 100  # joined per network read, not one write per event
