@@ -28,7 +28,7 @@ from . import routing, views
 from .asgi import Request, Response, StreamingResponse, json_response
 from .config import Deployment
 from .errors import ProxyError
-from .pipeline import HEARTBEAT, Opened, open_upstream
+from .pipeline import HEARTBEAT, Opened, joined, open_upstream
 from .providers import adapter_for
 from .providers.base import Adapter, UpstreamRequest
 from .translators.messages import (
@@ -118,7 +118,8 @@ async def _messages(req: Request, body: dict, usage: UsageLog) -> Response | Str
     headers = {"request-id": req.request_id}
     if isinstance(opened.req.ctx, PassthroughContext):
         if stream:
-            return StreamingResponse(_relay_native(opened, usage), headers=headers, terminal=_native_terminal)
+            return StreamingResponse(joined(_relay_native(opened, usage), opened.chunks), headers=headers,
+                                     terminal=_native_terminal)
         raw = await opened.response.aread()
         reader = UsageReader()
         reader.message(raw)
@@ -127,7 +128,7 @@ async def _messages(req: Request, body: dict, usage: UsageLog) -> Response | Str
     ctx = translated[1]  # type: ignore[index]
     if stream:
         ms = MessagesStream(ctx)
-        return StreamingResponse(_relay_translated(opened, ms, usage), headers=headers,
+        return StreamingResponse(joined(_relay_translated(opened, ms, usage), opened.chunks), headers=headers,
                                  terminal=lambda err: b"".join(map(encode_event, ms.fail(err))))
     raw = await opened.response.aread()
     try:
@@ -160,6 +161,7 @@ async def _relay_translated(opened: Opened, ms: MessagesStream, usage: UsageLog)
                 if ev["type"] == "content_block_delta":
                     usage.first_token()
                 yield encode_event(ev)
+            yield b""  # nothing for this chunk: what is held may go out (pipeline.joined)
         for ev in ms.finish():
             _note_error(ev, usage)
             yield encode_event(ev)
