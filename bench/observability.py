@@ -165,7 +165,7 @@ SELECT now() - (g::float / {rows} * interval '30 days'),
   CASE WHEN g % 50 = 0 THEN 429 WHEN g % 97 = 0 THEN 502 ELSE 200 END,
   g % 2 = 0, (g * 7919) % 6000, (g * 104729) % 900, 0, (g * 31) % 400, (g * 13) % 50,
   false, 50 + (g * 7) % 2500, 200 + (g * 11) % 30000, 1, g % 200 = 0, '', ''{extra_values}
-FROM generate_series(1, {rows}) AS g
+FROM generate_series(1::bigint, {rows}) AS g
 """
 
 
@@ -179,13 +179,16 @@ def pages(rows: int) -> dict[str, float]:
     from proxy.models import UsageRecord
 
     call_command("migrate", verbosity=0)
-    optional = {f.column: f for f in UsageRecord._meta.concrete_fields}
-    extra = [c for c in ("team_id",) if c in optional]
+    columns = {f.column for f in UsageRecord._meta.concrete_fields}
+    generated = {"team_id": "'team' || (g % 5)", "cache_write_5m_tokens": "(g * 3) % 100",
+                 "cache_write_1h_tokens": "(g * 5) % 7", "images": "0",
+                 "cost_usd": "CASE WHEN g % 6 = 3 THEN NULL ELSE ((g * 7919) % 6000) * 0.0000025 END"}
+    extra = {c: sql for c, sql in generated.items() if c in columns}
     started = time.monotonic()
     with connection.cursor() as cursor:
         cursor.execute(SEED_SQL.format(
             rows=rows, extra_columns="".join(f", {c}" for c in extra),
-            extra_values="".join(", 'team' || (g % 5)" for _ in extra)))
+            extra_values="".join(f", {sql}" for sql in extra.values())))
         cursor.execute("ANALYZE proxy_usagerecord")
     seeded = time.monotonic() - started
     started = time.monotonic()
