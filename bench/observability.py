@@ -199,7 +199,7 @@ def pages(rows: int) -> dict[str, float]:
     print(f"seeded {UsageRecord.objects.count():,} rows in {seeded:.0f} s; rollups rebuilt in {rebuilt:.0f} s",
           flush=True)
     user = get_user_model().objects.create_superuser("bench", "bench@example.com", "bench-pass")
-    client = Client()
+    client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     probe = UsageRecord.objects.order_by("-id").values_list("request_id", flat=True).first()
     cases = {
