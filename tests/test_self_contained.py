@@ -13,7 +13,8 @@ from tests.fixtures import CODEX_FIXTURES
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["manage.py", "routerproject", "credentials", "proxy", "tests", "bench", "scripts", ".ci"]
 # An absolute path into the development machine's shared folders, or a climb out of the checkout.
-OUTSIDE = re.compile(r"/work/|shared/reference|[\"']shared[\"']|parents\[(?:[3-9])\]|\"\.\./\.\.")
+# (spelt with character classes so the guard's own source does not match the plain-text checks it mirrors)
+OUTSIDE = re.compile(r"/wor[k]/|share[d]/reference|[\"']share[d][\"']|parents\[(?:[3-9])\]|\"\.\./\.\.")
 
 
 def _files():
