@@ -197,8 +197,9 @@ class ApiApp:
             req._reservation.shrink(len(req.body))
         except ProxyError as err:
             response = self.error_response(err, req)
-            if err.status == 401 and _large(headers):
-                response.headers["connection"] = "close"  # not worth reading the rest of the body
+            if (err.status == 401 and _large(headers)) or err.status == 408:
+                # not worth reading the rest of the body (401); what is left of it is still on the way (408)
+                response.headers["connection"] = "close"
             await sender.respond(response, req.request_id)
             return
         except _Disconnected:
@@ -263,9 +264,12 @@ def skip_twisted_form_parsing() -> None:
     the router's event-loop CPU per chat request (py-spy). Off, a form upload is also no longer
     parsed twice (Django parses the admin's forms itself).
     """
+    from routerproject import servers
+
     module = sys.modules.get("daphne.http_protocol")  # only when Daphne is the server
     web_request = getattr(module, "WebRequest", None)
-    if web_request is None or getattr(web_request, "_router_skips_form_parsing", False):
+    if web_request is None or getattr(web_request, "_router_skips_form_parsing", False) \
+            or not servers.daphne_may_serve():
         return
     from twisted.web.http import Request as TwistedRequest
 

@@ -2,9 +2,11 @@
 
 Left alone, Twisted stops the reactor on SIGTERM and Daphne cancels every
 application at once: streams are cut mid-answer and their rows say
-``499 client_closed``. ``install()`` (called when the API app is built, so plain
-``daphne routerproject.asgi:application`` gets it) makes SIGTERM call
-``begin()`` instead, which:
+``499 client_closed`` (uvicorn waits for them, but then cancels them with no
+terminal event either). ``install()`` (called when the API app is built, so plain
+``daphne routerproject.asgi:application`` gets it) makes Daphne's SIGTERM call
+``begin()`` instead; under uvicorn ``routerproject.servers`` does the same and
+hands over its own ways to stop (``use()``). ``begin()``:
 
 1. closes the listening sockets (new connections are refused; a new request on
    an open keep-alive connection gets ``503 server_shutdown``);
@@ -14,7 +16,7 @@ application at once: streams are cut mid-answer and their rows say
    endpoint's terminal error (Chat: an ``error`` event; Responses:
    ``response.failed``; before headers: a 503 answer) and a row saying so;
 4. flushes usage rows (the spool takes what the database cannot);
-5. stops the reactor.
+5. stops the server.
 
 A second SIGTERM skips what is left of the grace period.
 """
@@ -26,6 +28,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -39,13 +42,24 @@ _inflight: set[asyncio.Task] = set()
 _cut: set[asyncio.Task] = set()
 
 
+def _nothing() -> None:
+    pass
+
+
 class _State:
     draining = False
     hurry: asyncio.Event | None = None  # set by a second SIGTERM
     drain: asyncio.Task | None = None
+    stop_listening: Callable[[], None] = _nothing  # the server's: close the listening sockets
+    stop: Callable[[], None] = _nothing  # the server's: stop (after the requests and the usage rows)
 
 
 _state = _State()
+
+
+def use(*, stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
+    """The running server's ways to stop accepting connections and to stop, for ``begin()``."""
+    _state.stop_listening, _state.stop = stop_listening, stop
 
 
 def draining() -> bool:
@@ -77,13 +91,16 @@ def cut_error() -> ProxyError | None:
 
 def install() -> None:
     """Route Daphne's SIGTERM to ``begin()`` (nothing to do under another server)."""
-    if "daphne.server" not in sys.modules:
+    from routerproject import servers
+
+    if "daphne.server" not in sys.modules or not servers.daphne_may_serve():
         return
     from twisted.internet import reactor
 
     if getattr(reactor, "_router_graceful", False):
         return
     reactor._router_graceful = True
+    use(stop_listening=_stop_listening, stop=reactor.stop)
 
     def on_sigterm(signum, frame) -> None:
         reactor.callFromThread(begin)
@@ -107,7 +124,7 @@ def begin() -> None:
     grace = settings.ROUTER_SHUTDOWN_GRACE_SECONDS
     log.warning("SIGTERM: no longer accepting connections; %d request(s) in flight get up to %gs to finish",
                 len(_inflight), grace)
-    _stop_listening()
+    _state.stop_listening()
     _state.drain = asyncio.ensure_future(_drain(grace))
 
 
@@ -121,8 +138,6 @@ def _stop_listening() -> None:
 
 
 async def _drain(grace: float) -> None:
-    from twisted.internet import reactor
-
     try:
         await wait_or_cut(grace)
         from . import usage
@@ -131,7 +146,7 @@ async def _drain(grace: float) -> None:
     except Exception:
         log.exception("graceful shutdown failed; stopping now")
     finally:
-        reactor.stop()
+        _state.stop()
 
 
 async def wait_or_cut(grace: float) -> None:

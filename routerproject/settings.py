@@ -163,6 +163,11 @@ ROUTER_ENCRYPTION_KEY = os.environ.get("ROUTER_ENCRYPTION_KEY", "")
 ROUTER_MASTER_KEY = os.environ.get("ROUTER_MASTER_KEY") or None
 ROUTER_HOST = os.environ.get("ROUTER_HOST") or "127.0.0.1"  # runserver (scripts/run) listens here
 ROUTER_PORT = env_int("ROUTER_PORT", 8080)
+# the ASGI server (routerproject/servers.py): "daphne" or "uvicorn" (uvloop + httptools)
+ROUTER_SERVER = os.environ.get("ROUTER_SERVER", "").strip().lower() or "daphne"
+# one line per request (client, method, path with secrets redacted, status, duration) under either
+# server; off by default: usage rows already record each API request, and the line costs CPU
+ROUTER_ACCESS_LOG = env_bool("ROUTER_ACCESS_LOG")
 ROUTER_MAX_BODY_BYTES = env_int("ROUTER_MAX_BODY_BYTES", 32 * 1024 * 1024)
 # request bodies being read and parsed at once, in bytes; past it a request waits, then gets 503
 ROUTER_BODY_BUDGET_BYTES = env_int("ROUTER_BODY_BUDGET_BYTES", 256 * 1024 * 1024)
@@ -225,6 +230,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        "uvicorn": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
     },
 }

@@ -1,0 +1,185 @@
+"""Run the router in this process under one ASGI server, Daphne or uvicorn, until it is shut down.
+
+``run(server, host=, port=)`` listens itself; ``run(server, fd=)`` serves an inherited listening
+socket (a pre-forking supervisor's children share one). Both servers get the same app and the
+same behaviour, the server-specific parts being:
+
+- graceful shutdown (``proxy.shutdown``): Daphne's is installed when the app is built; uvicorn's
+  ``Server`` below routes SIGTERM/SIGINT to ``shutdown.begin()`` and lends it its sockets to close;
+- connection cap, header/body deadlines, idle timer (``proxy.server_limits``): Twisted patched,
+  or uvicorn's httptools protocol subclassed;
+- the access log: off unless ``ROUTER_ACCESS_LOG``, then one middleware (``proxy.logging.AccessLog``)
+  writes the same redacted line under both (neither server's own access log is used);
+- proxy headers (client address, scheme) trusted only with ``ROUTER_BEHIND_TLS_PROXY``;
+- upstream HTTP clients: closed by the lifespan shutdown (uvicorn) or at exit (Daphne has no lifespan).
+
+uvicorn runs with uvloop and httptools: the server's own CPU per request is well under Daphne's
+(Twisted's HTTP parsing, its request objects and a second event loop hand-off per message).
+Command line: ``python -m routerproject.servers --server uvicorn --host 127.0.0.1 --port 8080``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+
+SERVERS = ("daphne", "uvicorn")
+
+#: the server this process runs, once ``run()`` has chosen it (None: started some other way,
+#: e.g. the ``daphne`` command line or tests)
+running: str | None = None
+
+
+def daphne_may_serve() -> bool:
+    """Whether Daphne's patches are wanted: Daphne runs, or the server is not known (the daphne CLI)."""
+    return running in (None, "daphne")
+
+
+def run(server: str | None = None, *, host: str | None = None, port: int | None = None,
+        fd: int | None = None) -> None:
+    """Serve the router under ``server`` (default: ``ROUTER_SERVER``) on ``host``:``port`` (default:
+    ``ROUTER_HOST``:``ROUTER_PORT``) or on the listening socket ``fd``, until it is shut down."""
+    global running
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "routerproject.settings")
+    from django.conf import settings
+
+    server = (server or settings.ROUTER_SERVER).strip().lower()
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}: choose one of {', '.join(SERVERS)}")
+    running = server
+    if fd is None:
+        host = host or settings.ROUTER_HOST
+        port = settings.ROUTER_PORT if port is None else port
+    if server == "daphne":
+        import daphne.server  # noqa: F401  (installs Twisted's asyncio reactor before anything imports one)
+    from proxy.logging import AccessLog
+    from routerproject.asgi import application
+    from routerproject.exposure import warn_if_exposed
+
+    warn_if_exposed(_fd_host(fd) if fd is not None else host)
+    app = AccessLog(application) if settings.ROUTER_ACCESS_LOG else application
+    where = f"fd {fd}" if fd is not None else f"http://{_addr(host, port)}"
+    sys.stderr.write(f"Router serving on {where} ({server}, pid {os.getpid()})\n")
+    if server == "daphne":
+        _run_daphne(app, host, port, fd, behind_proxy=settings.ROUTER_BEHIND_TLS_PROXY)
+    else:
+        _run_uvicorn(app, host, port, fd, behind_proxy=settings.ROUTER_BEHIND_TLS_PROXY)
+
+
+def _addr(host: str | None, port: int | None) -> str:
+    from routerproject.exposure import addrport
+
+    return addrport(host or "127.0.0.1", port or 0)
+
+
+def _fd_socket(fd: int) -> socket.socket:
+    return socket.socket(fileno=fd)  # family and type read from the descriptor
+
+
+def _fd_host(fd: int) -> str:
+    sock = _fd_socket(fd)
+    try:
+        return sock.getsockname()[0] if sock.family in (socket.AF_INET, socket.AF_INET6) else "localhost"
+    finally:
+        sock.detach()  # the descriptor stays open for the server
+
+
+def _run_daphne(app, host: str | None, port: int | None, fd: int | None, *, behind_proxy: bool) -> None:
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+
+    if fd is not None:
+        sock = _fd_socket(fd)
+        domain = "INET6" if sock.family == socket.AF_INET6 else "UNIX" if sock.family == socket.AF_UNIX else "INET"
+        sock.detach()
+        endpoints = [f"fd:fileno={fd}:domain={domain}"]
+    else:
+        endpoints = build_endpoint_description_strings(host=host, port=port)
+    server = Server(
+        application=app, endpoints=endpoints, action_logger=None,
+        proxy_forwarded_address_header="X-Forwarded-For" if behind_proxy else None,
+        proxy_forwarded_port_header="X-Forwarded-Port" if behind_proxy else None,
+        proxy_forwarded_proto_header="X-Forwarded-Proto" if behind_proxy else None,
+    )
+    server.run()
+    if server.abort_start:
+        raise SystemExit(1)
+
+
+def _run_uvicorn(app, host: str | None, port: int | None, fd: int | None, *, behind_proxy: bool) -> None:
+    import uvicorn
+
+    from proxy import server_limits
+
+    config = uvicorn.Config(
+        app, host=host or "127.0.0.1", port=port or 0, loop="uvloop", http=server_limits.uvicorn_protocol(),
+        ws="wsproto", lifespan="on", log_config=None, access_log=False, server_header=False,
+        proxy_headers=behind_proxy, forwarded_allow_ips="*" if behind_proxy else None,
+        timeout_keep_alive=server_limits.IDLE_TIMEOUT, timeout_graceful_shutdown=_cut_wait(),
+    )
+    server = _uvicorn_server_class()(config)
+    server.run(sockets=[_fd_socket(fd)] if fd is not None else None)
+    if not server.started:
+        raise SystemExit(1)
+
+
+def _cut_wait() -> int:
+    from proxy import shutdown
+
+    return int(shutdown.CUT_WAIT)
+
+
+def _uvicorn_server_class() -> type:
+    """Built on first use: importing this module does not import uvicorn."""
+    import uvicorn
+
+    from proxy import shutdown
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with the router's graceful shutdown: a signal calls ``shutdown.begin()``,
+        which closes the listening sockets, lets requests finish or cuts them with their terminal event,
+        flushes usage rows, then sets ``should_exit`` (uvicorn then closes idle connections, runs the
+        lifespan shutdown and returns). The exit status is 0, as under Daphne."""
+
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.loop = asyncio.get_running_loop()
+                shutdown.use(stop_listening=self._stop_listening, stop=self._stop)
+
+        def _stop_listening(self) -> None:
+            for listener in self.servers:
+                listener.close()
+
+        def _stop(self) -> None:
+            self.should_exit = True
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.loop is None or self.should_exit:  # not serving yet, or already past the drain
+                super().handle_exit(sig, frame)
+                self._captured_signals.clear()
+                return
+            self.loop.call_soon_threadsafe(shutdown.begin)
+
+    return Server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m routerproject.servers", description=__doc__.split("\n")[0])
+    parser.add_argument("--server", choices=SERVERS, help="default: ROUTER_SERVER (daphne)")
+    parser.add_argument("--host", help="default: ROUTER_HOST (127.0.0.1)")
+    parser.add_argument("--port", type=int, help="default: ROUTER_PORT (8080)")
+    parser.add_argument("--fd", type=int, help="serve this inherited listening socket instead")
+    args = parser.parse_args(argv)
+    run(args.server, host=args.host, port=args.port, fd=args.fd)
+
+
+if __name__ == "__main__":  # run as the package's module, so the app sees the same ``running``
+    from routerproject.servers import main as package_main
+
+    package_main()
