@@ -1,8 +1,9 @@
-"""Run the router as a real Daphne process for end-to-end tests (Codex CLI, several instances).
+"""Run the router as a real server process for end-to-end tests (Codex CLI, several instances).
 
 Each ``LiveRouter`` gets its own SQLite file (copied from a migrated template),
 loads a YAML config with ``manage.py import_config`` and serves on a free
-loopback port. Usage rows are read straight from its database file.
+loopback port under ``server`` (Daphne or uvicorn: ``routerproject.servers``; default
+``ROUTER_TEST_SERVER``, else Daphne). Usage rows are read straight from its database file.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 _TEMPLATE: Path | None = None
+SERVERS = ("daphne", "uvicorn")
+
+
+#: a live test that depends on the server runs on both: ``@both_servers def test_x(server, ...)``
+both_servers = pytest.mark.parametrize("server", SERVERS)
+
+
+def default_server() -> str:
+    return os.environ.get("ROUTER_TEST_SERVER") or "daphne"
 
 
 def free_port() -> int:
@@ -50,14 +61,15 @@ def _template(tmp_root: Path) -> Path:
 
 class LiveRouter:
     def __init__(self, config_yaml: str, tmp_path: Path, *, env: dict[str, str] | None = None,
-                 db: Path | None = None) -> None:
+                 db: Path | None = None, server: str | None = None) -> None:
+        self.server = server or default_server()
         self.tmp = tmp_path
         self.db = db or tmp_path / f"router-{free_port()}.sqlite3"
         # a stopped test router lets requests in flight finish for a moment, not the production 30 s
         self.extra_env = {"ROUTER_USAGE_SPOOL_DIR": str(tmp_path / f"spool-{self.db.stem}"),
                           "ROUTER_SHUTDOWN_GRACE_SECONDS": "3", **(env or {})}
         self.port = free_port()
-        self.log_path = tmp_path / f"daphne-{self.port}.log"
+        self.log_path = tmp_path / f"{self.server}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         if db is None:
             shutil.copy(_template(tmp_path.parent), self.db)
@@ -74,7 +86,8 @@ class LiveRouter:
 
     def start(self) -> LiveRouter:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "routerproject.asgi:application"],
+            [PYTHON, "-m", "routerproject.servers", "--server", self.server, "--host", "127.0.0.1",
+             "--port", str(self.port)],
             cwd=ROOT, env=_env(self.db, self.extra_env), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

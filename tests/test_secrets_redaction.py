@@ -20,7 +20,7 @@ from proxy.models import UsageRecord
 from tests.asgi_client import call
 from tests.conftest import AUTH, add_credential
 from tests.fakes.server import FakeServer, Recorded, Reply
-from tests.live import LiveRouter
+from tests.live import LiveRouter, both_servers
 
 GROQ_KEY = "gsk_" + "Zq7RtY2pLm9XwV4bNc8KdF3hJs6GtA1eUo5IyPq0WxE2rT"
 AZURE_KEY = "3f9c2a7be41d4c08a6f5e2d19b7c0a44"
@@ -182,9 +182,10 @@ async def test_echoed_secrets_are_absent_from_a_stream_error_event(app, echoing)
     assert_clean(await usage_messages())
 
 
-# ---- a real Daphne process: its log and access log ----------------------------------------------
+# ---- a real server process: its log and access log ----------------------------------------------
 
-def test_live_router_logs_neither_provider_secrets_nor_query_string_keys(tmp_path):
+@both_servers
+def test_live_router_logs_neither_provider_secrets_nor_query_string_keys(tmp_path, server):
     upstream = FakeServer(echo_401).start()
     config = f"""
 server: {{master_key: sk-router-live-test}}
@@ -194,7 +195,7 @@ credentials:
 models:
   - {{name: gpt-4o, credential: groq}}
 """
-    router = LiveRouter(config, tmp_path, env={"LOG_LEVEL": "INFO"}).start()
+    router = LiveRouter(config, tmp_path, env={"LOG_LEVEL": "INFO", "ROUTER_ACCESS_LOG": "1"}, server=server).start()
     try:
         import httpx
 

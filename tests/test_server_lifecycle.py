@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes.openai import OpenAIFake, completion
 from tests.fakes.server import Reply
-from tests.live import PYTHON, ROOT, LiveRouter, _env
+from tests.live import PYTHON, ROOT, LiveRouter, _env, both_servers
 
 KEY = "sk-lifecycle-key"
 WARNING = "ROUTER_ENCRYPTION_KEY is not set"
@@ -33,8 +33,9 @@ def config(fake: OpenAIFake) -> str:
     })
 
 
-def test_shutdown_closes_the_upstream_connections_quietly(upstream, tmp_path):
-    live = LiveRouter(config(upstream), tmp_path).start()
+@both_servers
+def test_shutdown_closes_the_upstream_connections_quietly(upstream, tmp_path, server):
+    live = LiveRouter(config(upstream), tmp_path, server=server, env={"ROUTER_ACCESS_LOG": "1"}).start()
     try:
         res = httpx.post(f"{live.url}/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
                          json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
@@ -42,13 +43,14 @@ def test_shutdown_closes_the_upstream_connections_quietly(upstream, tmp_path):
     finally:
         live.stop()
     log = live.log()
-    assert live.proc.returncode is not None and '"POST /v1/chat/completions" 200' in log
+    assert live.proc.returncode == 0 and '"POST /v1/chat/completions" 200' in log
     assert "Unclosed" not in log, log
 
 
-def test_the_development_key_warning_is_said_once_where_the_server_starts(upstream, tmp_path):
+@both_servers
+def test_the_development_key_warning_is_said_once_where_the_server_starts(upstream, tmp_path, server):
     env = {"ROUTER_ENCRYPTION_KEY": "", "DEBUG": ""}
-    live = LiveRouter(config(upstream), tmp_path, env=env)  # import_config ran with the same environment
+    live = LiveRouter(config(upstream), tmp_path, env=env, server=server)  # import_config ran with this env
     live.start()
     live.stop()
     assert live.log().count(WARNING) == 1, live.log()

@@ -1,4 +1,4 @@
-"""SIGTERM on a real router (Daphne) with live streams: they finish within the grace period, or are ended
+"""SIGTERM on a real router (Daphne and uvicorn) with live streams: they finish within the grace period, or are ended
 with their endpoint's terminal error and a row saying the server shut down (not 499 client_closed)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.openai import OpenAIFake, stream_frames
 from tests.fakes.server import Reply
-from tests.live import LiveRouter
+from tests.live import LiveRouter, both_servers
 from tests.test_routing import forever
 
 KEY = "sk-router-live-test"
@@ -89,9 +89,10 @@ CHAT = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "conten
 RESPONSES = {"model": "gpt-4o", "stream": True, "input": "Hi"}
 
 
-def test_sigterm_lets_50_live_streams_finish_within_the_grace(tmp_path, slow_upstream):
+@both_servers
+def test_sigterm_lets_50_live_streams_finish_within_the_grace(tmp_path, slow_upstream, server):
     fake = slow_upstream(pieces=10, delay=0.3)  # each stream takes about 3 s
-    router = LiveRouter(router_yaml(fake.url + "/v1"), tmp_path,
+    router = LiveRouter(router_yaml(fake.url + "/v1"), tmp_path, server=server,
                         env={"ROUTER_SHUTDOWN_GRACE_SECONDS": "25", "ROUTER_USAGE_FLUSH_SECONDS": "5"}).start()
     try:
         results, took, refused = asyncio.run(_run_streams(router, [("/v1/chat/completions", CHAT)] * 50))
@@ -111,9 +112,11 @@ def test_sigterm_lets_50_live_streams_finish_within_the_grace(tmp_path, slow_ups
     assert "took too long to shut down" not in router.log()
 
 
-def test_streams_past_a_short_grace_end_with_their_terminal_error_and_a_shutdown_row(tmp_path, slow_upstream):
+@both_servers
+def test_streams_past_a_short_grace_end_with_their_terminal_error_and_a_shutdown_row(tmp_path, slow_upstream,
+                                                                                     server):
     fake = slow_upstream(pieces=40, delay=0.25)  # 10 s: longer than the grace
-    router = LiveRouter(router_yaml(fake.url + "/v1"), tmp_path,
+    router = LiveRouter(router_yaml(fake.url + "/v1"), tmp_path, server=server,
                         env={"ROUTER_SHUTDOWN_GRACE_SECONDS": "1"}).start()
     try:
         bodies = [("/v1/chat/completions", CHAT)] * 5 + [("/v1/responses", RESPONSES)] * 5
