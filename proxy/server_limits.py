@@ -14,12 +14,8 @@ deadlines belong here, at the connection:
 A connection past a deadline is aborted. An idle keep-alive connection is left to Twisted's
 idle timer (60 s). Installed once per process, only when Daphne is the server.
 
-Under uvicorn (``uvicorn_protocol()``): uvicorn has no such deadlines (a connection that never
-sends a byte is held forever) and its ``limit_concurrency`` answers 503s rather than refusing
-connections, so its httptools protocol gets the same cap, deadlines and idle timer. uvicorn
-hands the request to the app once its headers are in, so the front's own body deadline answers
-first (408); the connection's body deadline, a second later, cuts what the front does not read
-(Django's pages). Headers are capped at Twisted's 16 KiB (httptools has no cap of its own).
+Under uvicorn, ``routerproject.uvicorn_server`` enforces the same with this module's counter
+and constants.
 """
 
 from __future__ import annotations
@@ -46,7 +42,7 @@ class _Counter:
 counter = _Counter()
 
 
-def _refuse() -> None:
+def refuse() -> None:
     counter.refused += 1
     if counter.refused % 100 == 1:
         log.warning("connection limit reached (%d open; ROUTER_MAX_CONNECTIONS): refusing connections; "
@@ -67,7 +63,7 @@ def install() -> None:
 
     def buildProtocol(self, addr):
         if counter.open >= settings.ROUTER_MAX_CONNECTIONS:
-            _refuse()
+            refuse()
             return None  # Twisted closes the socket at once
         return build(self, addr)
 
@@ -132,78 +128,6 @@ def install() -> None:
         setattr(HTTPChannel, name, fn)
     factory.buildProtocol = buildProtocol
     factory._router_limits = True
-
-
-def uvicorn_protocol() -> type:
-    """uvicorn's httptools protocol with the connection cap, the deadlines and the idle timer."""
-    import asyncio
-
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        _counted = False
-        _phase = _IDLE
-        _header_bytes = 0
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport) -> None:  # type: ignore[override]
-            if counter.open >= settings.ROUTER_MAX_CONNECTIONS:
-                _refuse()
-                transport.abort()
-                return
-            counter.open += 1
-            self._counted = True
-            super().connection_made(transport)
-            # a connection that never sends a byte goes the way of an idle kept-alive one
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                                self.timeout_keep_alive_handler)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if not self._counted:
-                return  # refused: uvicorn never saw it
-            self._counted = False
-            counter.open -= 1
-            self._disarm()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._phase == _HEADERS:
-                self._header_bytes += len(data)
-                if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
-                    self._disarm()
-                    self.send_400_response("Request headers too large.")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_bytes = 0
-            self._arm(settings.ROUTER_HEADER_TIMEOUT, _HEADERS)
-
-        def on_headers_complete(self) -> None:
-            self._arm(settings.ROUTER_BODY_TIMEOUT + BODY_GRACE, _BODY)
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            self._disarm()
-            super().on_message_complete()
-
-        def _arm(self, seconds: float, phase: int) -> None:
-            self._disarm()
-            self._phase = phase
-            self._deadline = self.loop.call_later(seconds, self._expire)
-
-        def _disarm(self) -> None:
-            self._phase = _IDLE
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            counter.timed_out += 1
-            self._deadline = None
-            self.transport.abort()
-
-    return LimitedHttpToolsProtocol
 
 
 def stats() -> dict[str, int]:

@@ -4,10 +4,9 @@
 socket (a pre-forking supervisor's children share one). Both servers get the same app and the
 same behaviour, the server-specific parts being:
 
-- graceful shutdown (``proxy.shutdown``): Daphne's is installed when the app is built; uvicorn's
-  ``Server`` below routes SIGTERM/SIGINT to ``shutdown.begin()`` and lends it its sockets to close;
-- connection cap, header/body deadlines, idle timer (``proxy.server_limits``): Twisted patched,
-  or uvicorn's httptools protocol subclassed;
+- graceful shutdown (``proxy.shutdown``) and the connection cap, header/body deadlines and idle
+  timer (``proxy.server_limits``): Twisted patched when the app is built, or uvicorn's server and
+  httptools protocol subclassed (``routerproject.uvicorn_server``);
 - the access log: off unless ``ROUTER_ACCESS_LOG``, then one middleware (``proxy.logging.AccessLog``)
   writes the same redacted line under both (neither server's own access log is used);
 - proxy headers (client address, scheme) trusted only with ``ROUTER_BEHIND_TLS_PROXY``;
@@ -21,7 +20,6 @@ Command line: ``python -m routerproject.servers --server uvicorn --host 127.0.0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import sys
@@ -112,61 +110,19 @@ def _run_daphne(app, host: str | None, port: int | None, fd: int | None, *, behi
 def _run_uvicorn(app, host: str | None, port: int | None, fd: int | None, *, behind_proxy: bool) -> None:
     import uvicorn
 
-    from proxy import server_limits
+    from proxy import server_limits, shutdown
+    from routerproject import uvicorn_server
 
     config = uvicorn.Config(
-        app, host=host or "127.0.0.1", port=port or 0, loop="uvloop", http=server_limits.uvicorn_protocol(),
+        app, host=host or "127.0.0.1", port=port or 0, loop="uvloop", http=uvicorn_server.Protocol,
         ws="wsproto", lifespan="on", log_config=None, access_log=False, server_header=False,
         proxy_headers=behind_proxy, forwarded_allow_ips="*" if behind_proxy else None,
-        timeout_keep_alive=server_limits.IDLE_TIMEOUT, timeout_graceful_shutdown=_cut_wait(),
+        timeout_keep_alive=server_limits.IDLE_TIMEOUT, timeout_graceful_shutdown=int(shutdown.CUT_WAIT),
     )
-    server = _uvicorn_server_class()(config)
+    server = uvicorn_server.Server(config)
     server.run(sockets=[_fd_socket(fd)] if fd is not None else None)
     if not server.started:
         raise SystemExit(1)
-
-
-def _cut_wait() -> int:
-    from proxy import shutdown
-
-    return int(shutdown.CUT_WAIT)
-
-
-def _uvicorn_server_class() -> type:
-    """Built on first use: importing this module does not import uvicorn."""
-    import uvicorn
-
-    from proxy import shutdown
-
-    class Server(uvicorn.Server):
-        """uvicorn's server with the router's graceful shutdown: a signal calls ``shutdown.begin()``,
-        which closes the listening sockets, lets requests finish or cuts them with their terminal event,
-        flushes usage rows, then sets ``should_exit`` (uvicorn then closes idle connections, runs the
-        lifespan shutdown and returns). The exit status is 0, as under Daphne."""
-
-        loop: asyncio.AbstractEventLoop | None = None
-
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                self.loop = asyncio.get_running_loop()
-                shutdown.use(stop_listening=self._stop_listening, stop=self._stop)
-
-        def _stop_listening(self) -> None:
-            for listener in self.servers:
-                listener.close()
-
-        def _stop(self) -> None:
-            self.should_exit = True
-
-        def handle_exit(self, sig, frame) -> None:
-            if self.loop is None or self.should_exit:  # not serving yet, or already past the drain
-                super().handle_exit(sig, frame)
-                self._captured_signals.clear()
-                return
-            self.loop.call_soon_threadsafe(shutdown.begin)
-
-    return Server
 
 
 def main(argv: list[str] | None = None) -> None:
