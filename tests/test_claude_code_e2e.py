@@ -40,6 +40,14 @@ def stack(binary, tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def uvicorn_stack(binary, tmp_path_factory):
+    """The same stack under uvicorn, for a representative few: the server is no part of the translation."""
+    s = Stack(tmp_path_factory.mktemp("claude-e2e-uvicorn")).start(server="uvicorn")
+    yield s
+    s.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, stack) -> Iterator[Backend]:
     backend = stack.backends[request.param]
@@ -67,6 +75,10 @@ def test_docs_snippets_are_all_tested():
 
 
 def test_text_turn(home, backend):
+    check_text_turn(home, backend)
+
+
+def check_text_turn(home: ClaudeHome, backend: Backend) -> None:
     backend.script(Answer(f"Hello from {backend.name}."))
     run = claude(home, backend, "say hi")
     assert run.rc == 0 and run.result["is_error"] is False, run.describe()
@@ -80,6 +92,10 @@ def test_text_turn(home, backend):
 
 
 def test_bash_tool_with_thinking_across_turns(home, backend):
+    check_bash_tool_with_thinking(home, backend)
+
+
+def check_bash_tool_with_thinking(home: ClaudeHome, backend: Backend) -> None:
     backend.script(Answer(thinking=THOUGHT, call=BASH), Answer(lambda b, body: tool_said(b, body)))
     run = claude(home, backend, "Write cc-ok into out.txt with a shell command", tools=("Bash",))
     assert run.rc == 0 and run.answer == "The command ran.", run.describe()
@@ -150,3 +166,13 @@ def test_usage_rows(stack):
     assert rows and {r["provider"] for r in rows if r["status"] == 200} >= {"anthropic", "gemini", "openai",
                                                                                "vertex-ai"}
 
+
+
+# ---- under uvicorn: a text turn and a tool round trip, natively relayed and translated ---------------------
+
+@pytest.mark.parametrize("name", ["anthropic", "openai-chat"])
+def test_text_and_tool_round_trip_under_uvicorn(uvicorn_stack, binary, tmp_path, name):
+    backend = uvicorn_stack.backends[name]
+    check_text_turn(ClaudeHome(tmp_path / "text", uvicorn_stack.router.url, binary), backend)
+    check_bash_tool_with_thinking(ClaudeHome(tmp_path / "tool", uvicorn_stack.router.url, binary), backend)
+    assert not backend.rejections, f"the strict fake rejected a request: {backend.rejections}"

@@ -64,6 +64,15 @@ def stack(tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def uvicorn_stack(tmp_path_factory):
+    """The same stack under uvicorn, for a representative few: the server is no part of the translation."""
+    require_codex()
+    s = Stack(tmp_path_factory.mktemp("codex-e2e-uvicorn")).start({}, server="uvicorn")
+    yield s
+    s.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, stack) -> Iterator[Backend]:
     backend = stack.backends[request.param]
@@ -173,6 +182,10 @@ def test_legacy_config_errors_named_in_docs(stack, tmp_path, extra, message):
 # ---- every backend: answers, tools, thinking -------------------------------------------------
 
 def test_text_answer(stack, tmp_path, backend):
+    check_text_answer(stack, tmp_path, backend)
+
+
+def check_text_answer(stack: Stack, tmp_path: Path, backend: Backend) -> None:
     backend.script(Answer(text=f"Hello from {backend.name}."))
     run = codex(stack, tmp_path, backend, "Say hello", json_output=False)
     assert run.rc == 0 and run.stdout.strip() == f"Hello from {backend.name}.", run.describe()
@@ -180,6 +193,10 @@ def test_text_answer(stack, tmp_path, backend):
 
 
 def test_tool_round_trip(stack, tmp_path, backend):
+    check_tool_round_trip(stack, tmp_path, backend)
+
+
+def check_tool_round_trip(stack: Stack, tmp_path: Path, backend: Backend) -> None:
     backend.script(Answer(call=ECHO), Answer(text=tool_said))
     run = codex(stack, tmp_path, backend, "Run echo hello-from-tool")
     commands = run.items("command_execution")
@@ -354,3 +371,13 @@ def test_keepalive_beats_a_short_idle_timeout(stack, tmp_path, name):
     run = codex(stack, tmp_path, backend, "hi", model=backend.plain_model,
                 provider={**NO_RETRIES, "stream_idle_timeout_ms": 1500})
     assert run.rc == 0 and run.answer == "slow answer", run.describe()
+
+
+# ---- under uvicorn: a text stream and a tool round trip, natively relayed and translated ----------------
+
+@pytest.mark.parametrize("name", ["openai-responses", "anthropic"])
+def test_text_and_tool_round_trip_under_uvicorn(uvicorn_stack, tmp_path, name):
+    backend = uvicorn_stack.backends[name]
+    check_text_answer(uvicorn_stack, tmp_path / "text", backend)
+    check_tool_round_trip(uvicorn_stack, tmp_path / "tool", backend)
+    assert not backend.rejections, f"the strict fake rejected a request: {backend.rejections}"

@@ -67,12 +67,14 @@ def test_scripts_run_serves_on_loopback_by_default(tmp_path):
     assert "WARNING" not in out
 
 
-@pytest.mark.parametrize("daphne", [False, True], ids=["scripts-run", "daphne-command"])
-def test_a_wide_bind_with_the_sample_key_warns_loudly_before_serving(tmp_path, daphne):
+@pytest.mark.parametrize("how", ["scripts-run", "daphne-command", "servers-uvicorn"])
+def test_a_wide_bind_with_the_sample_key_warns_loudly_before_serving(tmp_path, how):
     # 192.0.2.1 (TEST-NET-1) is not this machine's: the bind fails right after the warnings, so the
     # test never listens beyond loopback.
     port = str(free_port())
-    command = ["-m", "daphne", "-b", "192.0.2.1", "-p", port, "routerproject.asgi:application"] if daphne else RUNSERVER
+    command = {"scripts-run": RUNSERVER,
+               "daphne-command": ["-m", "daphne", "-b", "192.0.2.1", "-p", port, "routerproject.asgi:application"],
+               "servers-uvicorn": ["-m", "routerproject.servers", "--server", "uvicorn"]}[how]
     out = _runserver(tmp_path, {"ROUTER_HOST": "192.0.2.1", "ROUTER_PORT": port}, until="rror", command=command)
     assert "WARNING: listening on 192.0.2.1" in out, out
     assert "sk-router-local-dev" in out and "DJANGO_SECRET_KEY is the development default" in out
@@ -125,14 +127,17 @@ def _login_through_tls_proxy(router: LiveRouter) -> int:
     return send("GET", "/admin/").status_code
 
 
-@pytest.mark.parametrize("env, status", [
-    ({}, 403),  # CSRF: the origin is https://router.example, the request looks like plain http to router.internal
-    ({"ROUTER_BEHIND_TLS_PROXY": "true"}, 200),
-    ({"DJANGO_CSRF_TRUSTED_ORIGINS": "https://router.example"}, 200),
-], ids=["no-settings", "trusted-proxy-switch", "trusted-origins"])
-def test_admin_login_through_a_tls_terminating_proxy(tmp_path, env, status):
+@pytest.mark.parametrize("env, status, server", [
+    ({}, 403, "daphne"),  # CSRF: the origin is https://router.example, the request looks like plain http
+    ({"ROUTER_BEHIND_TLS_PROXY": "true"}, 200, "daphne"),
+    ({"DJANGO_CSRF_TRUSTED_ORIGINS": "https://router.example"}, 200, "daphne"),
+    ({}, 403, "uvicorn"),  # uvicorn's own default would trust X-Forwarded-Proto from loopback
+    ({"ROUTER_BEHIND_TLS_PROXY": "true"}, 200, "uvicorn"),
+], ids=["no-settings", "trusted-proxy-switch", "trusted-origins", "no-settings-uvicorn",
+        "trusted-proxy-switch-uvicorn"])
+def test_admin_login_through_a_tls_terminating_proxy(tmp_path, env, status, server):
     env = {"DJANGO_ALLOWED_HOSTS": "router.example,router.internal,127.0.0.1", **env}
-    router = LiveRouter(SAMPLE, tmp_path, env=env)
+    router = LiveRouter(SAMPLE, tmp_path, env=env, server=server)
     subprocess.run([PYTHON, "manage.py", "ensure_admin"], cwd=ROOT, check=True, capture_output=True, timeout=60,
                    env=_env(router.db, {**env, "ROUTER_ADMIN_PASSWORD": "pw-for-tls-test"}))
     router.start()

@@ -1,4 +1,5 @@
-"""The README's first run: the sample config's demo credential streams to curl-like clients and to Codex."""
+"""The README's first run: the sample config's demo credential streams to curl-like clients and to Codex,
+under either server."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import httpx
 import pytest
 
 from tests.codex.harness import CodexHome, require_codex
-from tests.live import ROOT, LiveRouter
+from tests.live import ROOT, SERVERS, LiveRouter
 
 KEY = "sk-router-local-dev"  # the sample config's master key, as the README says
 
 
-@pytest.fixture(scope="module")
-def router(tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVERS)
+def router(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("first-run")
-    live = LiveRouter((ROOT / "router.sample.yaml").read_text(), tmp).start()
+    live = LiveRouter((ROOT / "router.sample.yaml").read_text(), tmp, server=request.param).start()
     yield live, tmp
     live.stop()
 

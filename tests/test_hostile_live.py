@@ -1,4 +1,4 @@
-"""Hostile clients and upstreams against a real Daphne router process.
+"""Hostile clients and upstreams against a real router process, under Daphne and under uvicorn.
 
 Memory is read from the router's /proc status: ``VmRSS`` now, ``VmHWM`` the peak.
 """
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fakes.server import FakeServer, Reply
-from tests.live import LiveRouter
+from tests.live import SERVERS, LiveRouter
 
 KEY = "sk-router-live-test"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -44,13 +44,13 @@ def memory_kb(router: LiveRouter, field: str) -> int:
     raise AssertionError(f"no {field} in /proc status")
 
 
-@pytest.fixture(scope="module")
-def router(tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVERS)
+def router(tmp_path_factory, request):
     async def malformed(req) -> Reply:
         return Reply(sse=MALFORMED)
 
     upstream = FakeServer(malformed).start()
-    live = LiveRouter(config(upstream.url), tmp_path_factory.mktemp("hostile"),
+    live = LiveRouter(config(upstream.url), tmp_path_factory.mktemp("hostile"), server=request.param,
                       env={"ROUTER_USAGE_LOGGING": "1", "ROUTER_MAX_ATTEMPTS": "1"}).start()
     yield live
     live.stop()
@@ -113,10 +113,10 @@ def test_keyless_huge_bodies_are_refused_without_parsing_them(router):
 # ---- slow clients ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def guarded_router(tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVERS)
+def guarded_router(tmp_path_factory, request):
     upstream = FakeServer(lambda req: _never()).start()
-    live = LiveRouter(config(upstream.url), tmp_path_factory.mktemp("slow"), env={
+    live = LiveRouter(config(upstream.url), tmp_path_factory.mktemp("slow"), server=request.param, env={
         "ROUTER_HEADER_TIMEOUT": "2", "ROUTER_BODY_TIMEOUT": "2", "ROUTER_MAX_CONNECTIONS": "340"}).start()
     yield live
     live.stop()
@@ -197,3 +197,25 @@ def test_connections_beyond_the_cap_are_refused_and_the_router_recovers(guarded_
     closed, status = asyncio.run(run())
     assert closed >= 20  # 360 against a cap of 340 (the router's own keep-alive may hold one more)
     assert status == 200
+
+
+def test_oversized_headers_are_refused_and_the_connection_closed(guarded_router):
+    host, port = guarded_router.url.removeprefix("http://").split(":")
+    padding = "".join(f"x-pad-{i}: {'p' * 100}\r\n" for i in range(200))  # ~22 KiB: past the 16 KiB cap
+
+    async def send() -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            request = f"GET /health HTTP/1.1\r\nHost: x\r\n{padding}\r\n".encode()
+            for i in range(0, len(request), 1024):  # in pieces, as headers trickle in from a slow client
+                writer.write(request[i:i + 1024])
+                await writer.drain()
+            return await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        except ConnectionError:
+            return b""
+        finally:
+            writer.close()
+
+    answer = asyncio.run(send())
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert httpx.get(guarded_router.url + "/health", headers={"x-pad": "p" * 8000}, timeout=5).status_code == 200

@@ -1,6 +1,6 @@
-"""Client keys against real Daphne processes: a key made through the management API works in a second
-process within about a second, and a budget holds under 50 concurrent requests from two processes
-sharing Redis (the issue's race)."""
+"""Client keys against real router processes (one under Daphne, one under uvicorn): a key made through
+the management API works in a second process within about a second, and a budget holds under 50
+concurrent requests from two processes sharing Redis (the issue's race)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def pair(tmp_path, upstream, redis_prefix):  # noqa: F811
     # outage limits are per process by design (the guarantee is for a reachable Redis)
     env = {"REDIS_URL": REDIS_TEST_URL, "ROUTER_REDIS_PREFIX": redis_prefix, "ROUTER_USAGE_FLUSH_SECONDS": "0.2",
            "ROUTER_REDIS_TIMEOUT": "10"}
-    one = LiveRouter(router_yaml(upstream.url + "/v1"), tmp_path, env=env).start()
-    two = LiveRouter("", tmp_path, env=env, db=one.db).start()
+    one = LiveRouter(router_yaml(upstream.url + "/v1"), tmp_path, env=env, server="daphne").start()
+    two = LiveRouter("", tmp_path, env=env, db=one.db, server="uvicorn").start()
     yield one, two
     for router in (one, two):
         router.stop()

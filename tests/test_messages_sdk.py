@@ -1,4 +1,4 @@
-"""The official ``anthropic`` Python SDK against a real router process, on every backend type.
+"""The official ``anthropic`` Python SDK against a real router process (uvicorn), on every backend type.
 
 The router is configured from the ``router.yaml`` snippet of docs/claude-code.md, its
 credentials pointed at strict fakes (tests/claude_code/stack.py): Anthropic and Claude on
@@ -30,7 +30,7 @@ CALLS = [Call("get_weather", {"city": "Paris"}), Call("get_time", {"tz": "Europe
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("messages-sdk")).start()
+    s = Stack(tmp_path_factory.mktemp("messages-sdk")).start(server="uvicorn")  # Claude Code's tests: Daphne
     yield s
     s.stop()
 

@@ -1,4 +1,5 @@
-"""The official OpenAI Python SDK as the client of a real router process (Daphne, ``LiveRouter``)
+"""The official OpenAI Python SDK as the client of a real router process (uvicorn, ``LiveRouter``: the
+Codex and Claude Code end-to-end tests cover Daphne)
 in front of the Anthropic, Gemini, Vertex Gemini and Vertex Claude fakes.
 
 Per provider: a streamed turn with parallel tool calls read through the SDK's stream
@@ -100,7 +101,8 @@ def router(upstreams, tmp_path_factory):
             {"name": "sdk-vertex-claude", "credential": "vertex_claude_sdk", "model": "claude-opus-4-1@20250805"},
         ],
     }
-    live = LiveRouter(json.dumps(config), tmp_path_factory.mktemp("sdk")).start()  # YAML is a superset of JSON
+    # YAML is a superset of JSON
+    live = LiveRouter(json.dumps(config), tmp_path_factory.mktemp("sdk"), server="uvicorn").start()
     yield live
     live.stop()
 

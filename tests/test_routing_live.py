@@ -1,5 +1,7 @@
-"""Real router processes (Daphne): two instances sharing limits through Redis, a Redis that
-goes away and comes back, and a router chained to itself stopped by the hop counter."""
+"""Real router processes: two instances sharing limits through Redis, a Redis that goes away and
+comes back, and a router chained to itself stopped by the hop counter. The first router a test starts
+runs under Daphne, the next under uvicorn: both servers serve the same instance group (the chained
+router runs under uvicorn)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 
 from tests.fakes.openai import OpenAIFake, completion
 from tests.fakes.server import Reply
-from tests.live import LiveRouter, free_port
+from tests.live import SERVERS, LiveRouter, free_port
 from tests.test_routing import forever
 from tests.test_state import REDIS_TEST_URL, drop_prefix, redis_available
 
@@ -59,7 +61,7 @@ def routers(tmp_path):
     started: list[LiveRouter] = []
 
     def make(yaml_text: str, **env: str) -> LiveRouter:
-        router = LiveRouter(yaml_text, tmp_path, env=env).start()
+        router = LiveRouter(yaml_text, tmp_path, env=env, server=SERVERS[len(started) % 2]).start()
         started.append(router)
         return router
     yield make
@@ -136,7 +138,8 @@ def test_a_router_chained_to_itself_stops_at_the_hop_limit(routers, tmp_path):
     port = free_port()
     # a proxy credential pointing back at this very router: A -> A -> A ...
     router = LiveRouter(router_yaml(f"http://127.0.0.1:{port}/v1", cred_type="proxy").replace(
-        "sk-upstream-secret", KEY), tmp_path, env={"ROUTER_MAX_HOPS": "3", "ROUTER_MAX_ATTEMPTS": "1"})
+        "sk-upstream-secret", KEY), tmp_path, env={"ROUTER_MAX_HOPS": "3", "ROUTER_MAX_ATTEMPTS": "1"},
+        server="uvicorn")  # requests nested in one process
     router.port = port
     router.start()
     try:

@@ -73,8 +73,8 @@ class Stack:
         target = self.vertex_claude if "/publishers/anthropic/" in req.path else self.vertex_gemini
         return await target.handle(req)
 
-    def start(self, env: dict[str, str] | None = None) -> Stack:
-        self.router = LiveRouter(self.router_yaml(), self.tmp, env=env).start()
+    def start(self, env: dict[str, str] | None = None, server: str | None = None) -> Stack:
+        self.router = LiveRouter(self.router_yaml(), self.tmp, env=env, server=server).start()
         return self
 
     def stop(self) -> None:

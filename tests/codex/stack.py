@@ -47,8 +47,8 @@ class Stack:
         target = self.vertex_claude if self.vertex_claude.is_model_call(req) else self.vertex_gemini
         return await target.handle(req)
 
-    def start(self, env: dict[str, str]) -> Stack:
-        self.router = LiveRouter(self.router_yaml(), self.tmp, env=env).start()
+    def start(self, env: dict[str, str], server: str | None = None) -> Stack:
+        self.router = LiveRouter(self.router_yaml(), self.tmp, env=env, server=server).start()
         return self
 
     def stop(self) -> None:
