@@ -162,8 +162,8 @@ def summary(tally: Tally, elapsed: float, cpu: float | None) -> dict:
         "done": done, "errors": tally.errors, "sent": done + tally.errors, "error_samples": tally.samples,
         "elapsed": elapsed,
         "rps": done / elapsed if elapsed else 0.0,
-        "p50": percentile(tally.latencies, 0.5), "p99": percentile(tally.latencies, 0.99),
-        "ttfb_p50": percentile(tally.ttfbs, 0.5), "ttfb_p99": percentile(tally.ttfbs, 0.99),
+        **{f"p{q}": percentile(tally.latencies, q / 100) for q in (50, 90, 99)},
+        **{f"ttfb_p{q}": percentile(tally.ttfbs, q / 100) for q in (50, 90, 99)},
         "cpu_ms_per_req": cpu / (done + tally.errors) if cpu is not None and done + tally.errors else None,
     }
 
