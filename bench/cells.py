@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import CLIENT_KEY, MESSAGES, UPSTREAM_MODEL, LoadGen, Target, chat_body
+from harness import MESSAGES, UPSTREAM_MODEL, LoadGen, Target, chat_body
 
 CONCURRENCY = (1, 16)
 
@@ -115,7 +115,7 @@ class Bench:
         p = self.profile
         if messages:  # the Anthropic-shaped ingress (native relay to the fake's /v1/messages)
             url, body = target.url + "/v1/messages", messages_body(stream=stream)
-            headers = {"content-type": "application/json", "x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+            headers = {"content-type": "application/json", "x-api-key": target.key, "anthropic-version": "2023-06-01"}
         else:
             url, headers = target.url + "/v1/chat/completions", target.headers
             body = chat_body(target.model(UPSTREAM_MODEL), stream=stream)

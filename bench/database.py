@@ -16,6 +16,10 @@ class Database:
     url: str
     admin_url: str = ""  # PostgreSQL: where the throwaway database was created
     name: str = ""
+    label: str = ""  # how the report names it (default: its kind)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.kind
 
     @classmethod
     def create(cls, choice: str, postgres_url: str, tmp: Path) -> Database:
@@ -29,8 +33,8 @@ class Database:
         return cls.sqlite(tmp / "bench.sqlite3")
 
     @classmethod
-    def sqlite(cls, path: Path) -> Database:
-        return cls("SQLite", f"sqlite:///{path}")
+    def sqlite(cls, path: Path, label: str = "") -> Database:
+        return cls("SQLite", f"sqlite:///{path}", label=label)
 
     @classmethod
     def _create_postgres(cls, admin_url: str) -> Database:
@@ -42,22 +46,35 @@ class Database:
             conn.execute(f'CREATE DATABASE "{name}"')
         return cls("PostgreSQL", urlunsplit(urlsplit(admin_url)._replace(path="/" + name)), admin_url, name)
 
-    def count_usage_rows(self) -> int:
-        query = "SELECT count(*) FROM proxy_usagerecord"
+    def _query(self, sql: str) -> list[tuple]:
         if self.kind == "SQLite":
             with sqlite3.connect(self.url.removeprefix("sqlite:///")) as conn:
-                return conn.execute(query).fetchone()[0]
+                return conn.execute(sql).fetchall()
         import psycopg
 
         with psycopg.connect(self.url, connect_timeout=3) as conn:
-            return conn.execute(query).fetchone()[0]
+            return conn.execute(sql).fetchall()
 
-    def wait_rows(self, expected: int, timeout: float = 20.0) -> int:
-        """Rows written so far, waiting for the routers' batched writers to catch up with ``expected``."""
+    def rows_by_key(self) -> dict[str, int]:
+        """Usage rows per client key alias (each router has its own key, aliased by its name)."""
+        return dict(self._query("SELECT k.key_alias, count(*) FROM proxy_usagerecord u "
+                                "JOIN keys_apikey k ON k.token = u.key_id GROUP BY k.key_alias"))
+
+    def wait_rows(self, expected: dict[str, int], timeout: float = 60.0, stall: float = 10.0) -> dict[str, int]:
+        """Rows per key alias, once every alias has ``expected`` rows (the routers write in batches), or
+        once nothing new has been written for ``stall`` seconds."""
         deadline = time.monotonic() + timeout
-        while (rows := self.count_usage_rows()) < expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return rows
+        last, changed = None, time.monotonic()
+        while True:
+            rows = self.rows_by_key()
+            if all(rows.get(alias, 0) >= n for alias, n in expected.items()):
+                return rows
+            now = time.monotonic()
+            if rows != last:
+                last, changed = rows, now
+            if now > deadline or now - changed > stall:
+                return rows
+            time.sleep(0.25)
 
     def drop(self) -> None:
         if self.kind != "PostgreSQL":

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
 MASTER_KEY = "sk-bench-router-key"
-CLIENT_KEY = "sk-bench-client-key-000000000000000000"
 UPSTREAM_MODEL = "bench-upstream"
 CHECK_MODEL = "slow-3-150"  # the fake upstream's 3 pieces 150 ms apart: is a stream relayed as it comes?
 MESSAGES = [
@@ -89,6 +88,7 @@ class Target:
     aliases: dict[str, str] = field(default_factory=dict)  # upstream model -> the name this target knows it by
     proc: subprocess.Popen | None = None  # its CPU and RSS are sampled (the process tree)
     counts_usage: bool = False  # a router logging to the benchmark's database: its requests become rows
+    key: str = ""  # a router's client key: one per router, so its usage rows can be counted apart
     sent: int = 0
 
     @property
@@ -148,17 +148,21 @@ def server_available(server: str) -> bool:
     return True
 
 
-def server_command(server: str, port: int, workers: int) -> list[str]:
-    if has_serve_command():
-        return [PYTHON, "manage.py", "serve", "--server", server, "--workers", str(workers),
-                "--host", "127.0.0.1", "--port", str(port)]
+def server_command(server: str, port: int, workers: int, *, cli: bool = False) -> list[str]:
+    """How the router is started in production, as far as this checkout can: ``manage.py serve``, else the
+    one-process entry point (``routerproject.servers``: the router's own limits and shutdown under either
+    server), else (or with ``cli``) the servers' own command lines."""
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if has_serve_command() and not cli:
+        return [PYTHON, "manage.py", "serve", "--server", server, "--workers", str(workers), *where]
+    if workers == 1 and not cli and (ROOT / "routerproject" / "servers.py").exists():
+        return [PYTHON, "-m", "routerproject.servers", "--server", server, *where]
     if server == "daphne":
         if workers != 1:
             raise ValueError("Daphne runs one process (more need manage.py serve)")
         return [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "routerproject.asgi:application"]
     return [PYTHON, "-m", "uvicorn", "routerproject.asgi:application", "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", str(port),
-            *(["--workers", str(workers)] if workers != 1 else [])]
+            "--no-access-log", "--log-level", "warning", *where, *(["--workers", str(workers)] if workers != 1 else [])]
 
 
 def supports_workers(server: str) -> bool:
@@ -166,12 +170,18 @@ def supports_workers(server: str) -> bool:
 
 
 def start_router(procs: Procs, name: str, server: str, database_url: str, extra_env: dict[str, str], *,
-                 workers: int = 1, aliases: dict[str, str], key: str = CLIENT_KEY) -> Target:
+                 workers: int = 1, cli: bool = False, aliases: dict[str, str], key: str = "") -> Target:
+    key = key or client_key(name)
     port = free_port()
-    proc = procs.spawn(name, server_command(server, port, workers), env=router_env(database_url, procs.tmp, extra_env))
+    proc = procs.spawn(name, server_command(server, port, workers, cli=cli),
+                       env=router_env(database_url, procs.tmp, extra_env))
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     return Target(name, f"http://127.0.0.1:{port}", headers, aliases, proc,
-                  extra_env.get("ROUTER_USAGE_LOGGING", "true") == "true")
+                  extra_env.get("ROUTER_USAGE_LOGGING", "true") == "true", key)
+
+
+def client_key(name: str) -> str:
+    return "sk-bench-" + "".join(c if c.isalnum() else "-" for c in name).ljust(24, "0")
 
 
 def wait_serving(target: Target, procs: Procs, path: str = "/health", timeout: float = 60.0) -> None:
@@ -199,12 +209,12 @@ def post(url: str, payload: dict, headers: dict[str, str], timeout: float = 10) 
         return exc.code, exc.read()
 
 
-def create_client_key(router: Target) -> None:
-    """The client key every router request carries, made through the management API as an operator would:
+def create_client_key(admin: Target, router: Target) -> None:
+    """The client key a router's requests carry, made through the management API as an operator would:
     a budget that resets and limits of every kind, all far above what the benchmark sends, so they are
-    checked and counted on every request but never throttle."""
-    status, answer = post(router.url + "/key/generate", {
-        "key": CLIENT_KEY, "key_alias": "bench", "models": [], "max_budget": 1_000_000, "budget_duration": "30d",
+    checked and counted on every request but never throttle. Its alias is the router's name."""
+    status, answer = post(admin.url + "/key/generate", {
+        "key": router.key, "key_alias": router.name, "models": [], "max_budget": 1_000_000, "budget_duration": "30d",
         "rpm_limit": 1_000_000_000, "tpm_limit": 2_000_000_000, "max_parallel_requests": 1_000_000,
     }, {"authorization": f"Bearer {MASTER_KEY}"})
     if status != 200:

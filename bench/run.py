@@ -49,6 +49,7 @@ from harness import (
     check_streaming,
     create_client_key,
     direct_target,
+    has_serve_command,
     manage,
     server_available,
     start_router,
@@ -116,11 +117,16 @@ class Setup:
     direct: Target
     routers: list[Target]  # one per server, logging on: the matrix's
     logging_off: Target
-    workers: list[Target]  # a second, two-worker router per server that can run several
+    workers: list[tuple[Target, Target]]  # one and two workers, per server that can run several
     sqlite_on: Target
     sqlite_off: Target
     peer: Target | None
     sqlite: Database
+
+    @property
+    def logging(self) -> list[Target]:
+        """The routers logging to the main database."""
+        return list({id(t): t for t in [*self.routers, *(t for pair in self.workers for t in pair)]}.values())
 
     @property
     def measured(self) -> list[Target]:
@@ -132,24 +138,24 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     config = config_yaml(upstream_port, profile)
     aliases = router_aliases(profile)
     load_config(procs, db, config)
-    sqlite = Database.sqlite(procs.tmp / "default.sqlite3")
+    sqlite = Database.sqlite(procs.tmp / "default.sqlite3", label="SQLite default")
     load_config(procs, sqlite, config)
     env = {"ROUTER_HTTP_TRANSPORT": args.transport, "ROUTER_USAGE_LOGGING": "true"}
     off = {**env, "ROUTER_USAGE_LOGGING": "false"}
     routers = [start_router(procs, s, s, db.url, env, aliases=aliases) for s in args.servers]
-    workers = [start_router(procs, f"{s} x2", s, db.url, env, workers=2, aliases=aliases)
-               for s in args.servers if supports_workers(s)]
+    workers = [worker_pair(procs, router, db, env, aliases) for router in routers if supports_workers(router.name)]
     logging_off = start_router(procs, "logging-off", args.servers[0], db.url, off, aliases=aliases)
     sqlite_on = start_router(procs, "sqlite-on", "daphne", sqlite.url, env, aliases=aliases)
     sqlite_off = start_router(procs, "sqlite-off", "daphne", sqlite.url, off, aliases=aliases)
     peer = portkey.start(procs, upstream_port) if use_portkey(args) else None
-    everyone = [*routers, *workers, logging_off, sqlite_on, sqlite_off]
+    everyone = list({id(t): t for t in [*routers, *(t for pair in workers for t in pair), logging_off,
+                                            sqlite_on, sqlite_off]}.values())
     for target in everyone:
         wait_serving(target, procs)
     if peer is not None:
         wait_serving(peer, procs, path="/")
-    create_client_key(routers[0])
-    create_client_key(sqlite_on)
+    for target in everyone:
+        create_client_key(sqlite_on if target.name.startswith("sqlite") else routers[0], target)
     for target in everyone:
         wait_key_accepted(target)
     direct = direct_target(upstream_port)
@@ -158,14 +164,32 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     return Setup(direct, routers, logging_off, workers, sqlite_on, sqlite_off, peer, sqlite)
 
 
-def settled_rows(db: Database, targets: list[Target]) -> int:
+def worker_pair(procs: Procs, router: Target, db: Database, env: dict[str, str],
+                aliases: dict[str, str]) -> tuple[Target, Target]:
+    """The same launcher with one and with two workers: ``manage.py serve`` (the matrix's router is the
+    one-worker side), else the server's own command line for both."""
+    server = router.name
+    if has_serve_command():
+        return router, start_router(procs, f"{server} x2", server, db.url, env, workers=2, aliases=aliases)
+    one, two = (start_router(procs, f"{server}-cli x{n}", server, db.url, env, workers=n, cli=True, aliases=aliases)
+                for n in (1, 2))
+    return one, two
+
+
+def settled_rows(db: Database, targets: list[Target]) -> dict[str, int]:
     """The rows the setup's requests left (refused ones included or not), once written; the counts restart
     from here, so the check is that every measured request became exactly one row."""
     time.sleep(1.5)  # past the writers' flush interval
-    rows = db.wait_rows(0)
+    rows = db.wait_rows({}, stall=0)
     for target in targets:
         target.sent = 0
     return rows
+
+
+def new_rows(db: Database, base: dict[str, int], targets: list[Target]) -> dict[str, tuple[int, int]]:
+    """Per router ("database: router"): (rows written since ``base``, requests sent)."""
+    rows = db.wait_rows({t.name: base.get(t.name, 0) + t.sent for t in targets})
+    return {f"{db.label}: {t.name}": (rows.get(t.name, 0) - base.get(t.name, 0), t.sent) for t in targets}
 
 
 def use_portkey(args: argparse.Namespace) -> bool:
@@ -181,8 +205,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
     with workspace(args) as (procs, db):
         print(f"[{mode}] database {db.kind}; servers {', '.join(args.servers)}; start everything ...", flush=True)
         s = start_all(args, procs, db, profile)
-        base = {db.kind: settled_rows(db, s.routers + s.workers),
-                "SQLite default": settled_rows(s.sqlite, [s.sqlite_on])}
+        base = settled_rows(db, s.logging), settled_rows(s.sqlite, [s.sqlite_on])
         bench = Bench(profile, LoadGen(procs))
         default = s.routers[0]
         # The logging comparisons first, while the routers are fresh: after the matrix and the slow streams
@@ -191,17 +214,14 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
         pg_logging = bench.pairs(f"usage logging to {db.kind} on vs off, non-stream c=16", [default, s.logging_off])
         sqlite_logging = bench.pairs("usage logging to SQLite on vs off, non-stream c=16", [s.sqlite_on, s.sqlite_off])
         mvc = messages_vs_chat(bench, default)
-        # the queued rows must not be written during the matrix
-        db.wait_rows(base[db.kind] + sum(t.sent for t in s.routers + s.workers))
+        new_rows(db, base[0], s.logging)  # the queued rows must not be written during the matrix
         print("matrix (every round: direct, then each target in turn):", flush=True)
         cells = bench.matrix(s.measured)
-        workers = [bench.pairs(f"{r.name}: 1 vs 2 workers, non-stream c=16", [r, w])
-                   for r in s.routers for w in s.workers if w.name == f"{r.name} x2"]
+        workers = [bench.pairs(f"{one.name.split()[0]}: 1 vs 2 workers, non-stream c=16", [one, two])
+                   for one, two in s.workers]
         print("slow streams ...", flush=True)
         slow = bench.slow_streams(s.measured)
-        sent = {db.kind: sum(t.sent for t in s.routers + s.workers), "SQLite default": s.sqlite_on.sent}
-        rows = {kind: (database.wait_rows(base[kind] + sent[kind]) - base[kind], sent[kind])
-                for kind, database in ((db.kind, db), ("SQLite default", s.sqlite))}
+        rows = new_rows(db, base[0], s.logging) | new_rows(s.sqlite, base[1], [s.sqlite_on])
         bench.load.close()
     keys = keys_overhead(mode)
     results = Results(args.servers, db.kind, cells, slow, pg_logging, sqlite_logging, mvc, rows, keys)
@@ -223,8 +243,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
 def messages_vs_chat(bench: Bench, router: Target) -> Series:
     """Streaming c=16 on one router: ``/v1/messages`` (native relay to an Anthropic upstream) against
     ``/v1/chat/completions`` (relay to an OpenAI upstream), alternating."""
-    messages = Target("messages", router.url, router.headers, router.aliases, router.proc)
-    chat = Target("chat", router.url, router.headers, router.aliases, router.proc)
+    messages = Target("messages", router.url, router.headers, router.aliases, router.proc, key=router.key)
+    chat = Target("chat", router.url, router.headers, router.aliases, router.proc, key=router.key)
 
     def one(t: Target) -> dict:
         result = bench.closed(t, stream=True, concurrency=16, duration=bench.profile.pair_duration,
@@ -245,8 +265,8 @@ def report(r: Results, workers: list[Series], profile: Profile, mode: str) -> st
     for series in [*workers, r.pg_logging, r.sqlite_logging, r.messages_vs_chat]:
         lines += ["", f"{series.label}, {len(series.rounds)} alternating round(s)", *pairs_table(series)]
         lines += [f"    error: {e}" for e in series.error_samples()]
-    lines += ["Usage rows written / requests to logging routers: " + ", ".join(
-        f"{kind} {rows} / {sent}" for kind, (rows, sent) in r.rows.items())]
+    lines += ["Usage rows written / requests sent, per router: " + ", ".join(
+        f"{where} {rows} / {sent}" for where, (rows, sent) in r.rows.items())]
     smoke = " -- smoke run: the figures mean nothing" if mode == "smoke" else ""
     lines += ["", f"Targets{smoke}", *targets_table(evaluate(r)), keys_note(r.keys)]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ EXPECTED_ROWS = [
       for target in ("direct", *SERVERS)),
     r"^20 concurrent slow streams \(3 chunks x 20 ms\), 1 round",
     *(rf"^  {target}\s+20\s+0\s+[\d.]+\s+[\d.]+\s+[\d.]+\s" for target in ("direct", *SERVERS)),
-    *((r"^uvicorn: 1 vs 2 workers, non-stream c=16", r"^  uvicorn x2\s+\d+(\s+[\d.]+){4}\s+0$")
+    *((r"^uvicorn(-cli)?: 1 vs 2 workers, non-stream c=16", r"^  uvicorn(-cli)? x2\s+\d+(\s+[\d.]+){4}\s+0$")
       if "uvicorn" in SERVERS else ()),
     r"^usage logging to (PostgreSQL|SQLite) on vs off",
     r"^  logging-off\s+\d+(\s+[\d.]+){4}\s+0$",
@@ -29,7 +29,8 @@ EXPECTED_ROWS = [
     r"^  sqlite-on\s+\d+(\s+[\d.]+){4}\s+0$",
     r"^/v1/messages native relay vs /v1/chat/completions relay, streaming c=16",
     r"^  messages\s+\d+(\s+[\d.]+){4}\s+0$",
-    r"^Usage rows written / requests to logging routers: (PostgreSQL|SQLite) (\d+) / \2, SQLite default (\d+) / \3$",
+    r"^Usage rows written / requests sent, per router: (PostgreSQL|SQLite): daphne (\d+) / \2, .*"
+    r"SQLite default: sqlite-on (\d+) / \3$",
     *(rf"^{name}\s+{server}\s+\(no Portkey in this run\)\s+{goal}\s+SKIP$" for server in SERVERS for name, goal in (
         (r"CPU/non-stream request vs Portkey, c=1", r"<= 0.7x"), (r"req/s vs Portkey, non-stream c=16", r">= 1.4x"),
         (r"CPU per stream vs Portkey, c=16", r"<= 0.7x"), (r"20 slow streams: TTFB p50 vs Portkey", r"<= 0.5x"))),
@@ -39,7 +40,7 @@ EXPECTED_ROWS = [
     *(rf"^20 slow streams: errors\s+{server}\s+0\s+0\s+PASS$" for server in SERVERS),
     rf"^usage logging to SQLite \(default\): CPU/request\s+daphne\s+-?[\d.]+ ms \(.*\)\s+<= 0.1 ms{CHECK}",
     rf"^usage logging to (PostgreSQL|SQLite): CPU/request\s+daphne\s+-?[\d.]+ ms .* % of [\d.]+\s+<= 5 %{CHECK}",
-    r"^usage rows written == requests \(SQLite default\)\s+all\s+(\d+) / \1\s+equal\s+PASS$",
+    r"^usage rows written == requests sent\s+all\s+(\d+) / \1\s+equal\s+PASS$",
     rf"^client key: lookup \+ limits \+ budget, added CPU\s+in-process\s+-?\d+ us\s+<= 100 us{CHECK}",
     rf"^CPU/request: /v1/messages relay vs chat relay\s+daphne\s+[\d.]+ vs [\d.]+ ms\s+<= chat{CHECK}",
 ]
