@@ -12,12 +12,12 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def spread(s: Stat, digits: int = 2, unit: str = "") -> str:
-    """``median (min-max)`` over rounds; just the median when there was one round."""
+    """``median (min to max)`` over rounds; just the median when there was one round."""
     if s.median is None:
         return "-"
     if len(s.values) == 1:
         return f"{fmt(s.median, digits)}{unit}"
-    return f"{fmt(s.median, digits)}{unit} ({fmt(s.lo, digits)}-{fmt(s.hi, digits)})"
+    return f"{fmt(s.median, digits)}{unit} ({fmt(s.lo, digits)} to {fmt(s.hi, digits)})"
 
 
 def _table(head: list[tuple[str, int]], rows: list[list[str]]) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,16 +94,28 @@ def router_aliases(profile: Profile) -> dict[str, str]:
 
 @contextmanager
 def workspace(args: argparse.Namespace) -> Iterator[tuple[Procs, Database]]:
-    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        procs = Procs(tmp)
-        db = Database.create(args.db, args.postgres, tmp)
-        try:
-            yield procs, db
-        finally:
-            procs.stop_all()
-            with suppress(Exception):
-                db.drop()
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    procs = Procs(tmp)
+    db = Database.create(args.db, args.postgres, tmp)
+    try:
+        yield procs, db
+    finally:
+        procs.stop_all()
+        with suppress(Exception):
+            db.drop()
+        if args.keep:
+            print(f"(logs, SQLite files and the usage spool kept in {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def spooled(tmp: Path) -> dict[str, int]:
+    """Usage rows the routers could not write yet (spooled) or had refused (rejected): none, if all is well."""
+    lines = {"spooled": 0, "rejected": 0}
+    for path in (tmp / "usage-spool").glob("*.jsonl"):
+        kind = "rejected" if path.name.startswith("rejected") else "spooled"
+        lines[kind] += sum(1 for line in path.read_text(errors="replace").splitlines() if line.strip())
+    return lines
 
 
 def load_config(procs: Procs, db: Database, text: str) -> None:
@@ -222,6 +235,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
         print("slow streams ...", flush=True)
         slow = bench.slow_streams(s.measured)
         rows = new_rows(db, base[0], s.logging) | new_rows(s.sqlite, base[1], [s.sqlite_on])
+        spool = spooled(procs.tmp)
         bench.load.close()
     keys = keys_overhead(mode)
     results = Results(args.servers, db.kind, cells, slow, pg_logging, sqlite_logging, mvc, rows, keys)
@@ -233,10 +247,10 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
               f"request; load: aiohttp client in its own process, closed loop, {profile.duration:g} s per run "
               f"after {profile.warmup:g} s warm-up, {profile.rounds} round(s); CPU = utime+stime of the target's "
               "process tree / requests")
-    text = report(results, workers, profile, mode)
+    text = report(results, workers, spool, profile, mode)
     figures = {"cells": [c.raw() for c in cells], "slow_streams": slow.raw(), "workers": [w.raw() for w in workers],
                "logging_postgres": pg_logging.raw(), "logging_sqlite": sqlite_logging.raw(),
-               "messages_vs_chat": mvc.raw(), "usage_rows": rows, "client_keys": keys}
+               "messages_vs_chat": mvc.raw(), "usage_rows": rows, "usage_spool": spool, "client_keys": keys}
     return header + "\n" + text, figures
 
 
@@ -256,7 +270,7 @@ def messages_vs_chat(bench: Bench, router: Target) -> Series:
                        [messages, chat], run=one)
 
 
-def report(r: Results, workers: list[Series], profile: Profile, mode: str) -> str:
+def report(r: Results, workers: list[Series], spool: dict[str, int], profile: Profile, mode: str) -> str:
     lines = ["", f"Chat completions, median of {profile.rounds} round(s); latencies in ms; '+' = target minus "
              "direct in the same round; CPU in ms per request; PK = Portkey", *matrix_table(r.cells)]
     lines += [f"    error ({cell.label}): {e}" for cell in r.cells for e in cell.error_samples()]
@@ -266,7 +280,8 @@ def report(r: Results, workers: list[Series], profile: Profile, mode: str) -> st
         lines += ["", f"{series.label}, {len(series.rounds)} alternating round(s)", *pairs_table(series)]
         lines += [f"    error: {e}" for e in series.error_samples()]
     lines += ["Usage rows written / requests sent, per router: " + ", ".join(
-        f"{where} {rows} / {sent}" for where, (rows, sent) in r.rows.items())]
+        f"{where} {rows} / {sent}" for where, (rows, sent) in r.rows.items())
+        + f"; rows in the routers' spool: {spool['spooled']} waiting, {spool['rejected']} rejected"]
     smoke = " -- smoke run: the figures mean nothing" if mode == "smoke" else ""
     lines += ["", f"Targets{smoke}", *targets_table(evaluate(r)), keys_note(r.keys)]
     return "\n".join(lines)
@@ -398,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp",
                         help="the routers' ROUTER_HTTP_TRANSPORT")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (process logs, usage spool)")
     parser.add_argument("--events", type=int, metavar="N", default=0,
                         help="only measure one stream of N tiny events (e.g. 175000), direct vs through the router")
     args = parser.parse_args(argv)

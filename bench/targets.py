@@ -121,7 +121,7 @@ def verdict(ok: bool | None) -> str:
 
 
 def targets_table(checks: list[Check]) -> list[str]:
-    head = f"{'target':<49}{'server':<12}{'measured: median (min-max over rounds)':<46}{'goal':<11}result"
+    head = f"{'target':<49}{'server':<12}{'measured: median (min to max over rounds)':<46}{'goal':<11}result"
     lines = [head, "-" * len(head)]
     lines += [f"{c.name:<48} {c.server:<11} {c.measured:<45} {c.goal:<10} {verdict(c.ok)}" for c in checks]
     return lines
