@@ -30,7 +30,7 @@ EXPECTED_ROWS = [
     r"^/v1/messages native relay vs /v1/chat/completions relay, streaming c=16",
     r"^  messages\s+\d+(\s+[\d.]+){4}\s+0$",
     r"^Usage rows written / requests sent, per router: (PostgreSQL|SQLite): daphne (\d+) / \2, .*"
-    r"SQLite default: sqlite-on (\d+) / \3$",
+    r"SQLite default: sqlite-on (\d+) / \3; rows in the routers' spool: 0 waiting, 0 rejected$",
     *(rf"^{name}\s+{server}\s+\(no Portkey in this run\)\s+{goal}\s+SKIP$" for server in SERVERS for name, goal in (
         (r"CPU/non-stream request vs Portkey, c=1", r"<= 0.7x"), (r"req/s vs Portkey, non-stream c=16", r">= 1.4x"),
         (r"CPU per stream vs Portkey, c=16", r"<= 0.7x"), (r"20 slow streams: TTFB p50 vs Portkey", r"<= 0.5x"))),
