@@ -168,6 +168,8 @@ ROUTER_SERVER = os.environ.get("ROUTER_SERVER", "").strip().lower() or "daphne"
 # one line per request (client, method, path with secrets redacted, status, duration) under either
 # server; off by default: usage rows already record each API request, and the line costs CPU
 ROUTER_ACCESS_LOG = env_bool("ROUTER_ACCESS_LOG")
+# manage.py serve: worker processes on one socket (0: one per core); share state through REDIS_URL
+ROUTER_WORKERS = env_int("ROUTER_WORKERS", 0)
 ROUTER_MAX_BODY_BYTES = env_int("ROUTER_MAX_BODY_BYTES", 32 * 1024 * 1024)
 # request bodies being read and parsed at once, in bytes; past it a request waits, then gets 503
 ROUTER_BODY_BUDGET_BYTES = env_int("ROUTER_BODY_BUDGET_BYTES", 256 * 1024 * 1024)

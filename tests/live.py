@@ -61,9 +61,10 @@ def _template(tmp_root: Path) -> Path:
 
 class LiveRouter:
     def __init__(self, config_yaml: str, tmp_path: Path, *, env: dict[str, str] | None = None,
-                 db: Path | None = None, server: str | None = None) -> None:
+                 db: Path | None = None, server: str | None = None, workers: int | None = None) -> None:
         self.server = server or default_server()
         self.tmp = tmp_path
+        self.workers = workers  # None: one server process; N: ``manage.py serve --workers N``
         self.db = db or tmp_path / f"router-{free_port()}.sqlite3"
         # a stopped test router lets requests in flight finish for a moment, not the production 30 s
         self.extra_env = {"ROUTER_USAGE_SPOOL_DIR": str(tmp_path / f"spool-{self.db.stem}"),
@@ -84,10 +85,21 @@ class LiveRouter:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        where = ["--server", self.server, "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers is not None:
+            return [PYTHON, "manage.py", "serve", "--workers", str(self.workers), *where]
+        return [PYTHON, "-m", "routerproject.servers", *where]
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes ``manage.py serve`` runs now (Linux: the children of the parent)."""
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
     def start(self) -> LiveRouter:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "routerproject.servers", "--server", self.server, "--host", "127.0.0.1",
-             "--port", str(self.port)],
+            self.command(),
             cwd=ROOT, env=_env(self.db, self.extra_env), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
