@@ -1,6 +1,6 @@
 """Defaults that must not expose a router: where it listens, and what it warns about.
 
-``scripts/run`` (``manage.py runserver``) listens on ``ROUTER_HOST`` (default
+``scripts/run`` (``manage.py serve``) listens on ``ROUTER_HOST`` (default
 127.0.0.1: a laptop's router is not reachable from the network unless asked). When it
 does listen beyond loopback while still using the published sample key or the
 development secret key, it says so loudly on stderr before serving. ``manage.py check
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from django.core import checks
 
 DEFAULT_SECRET_KEY = "insecure-local-only-secret-key-change-me-in-production"
 SAMPLE_MASTER_KEY = "sk-router-local-dev"  # router.sample.yaml's key, printed in the README
+# set in the workers of ``manage.py serve --workers N``: their supervisor warned once for all of them
+SUPERVISED_ENV = "ROUTER_SUPERVISOR_PID"
 
 
 def is_loopback(host: str) -> bool:
@@ -68,7 +71,7 @@ def warn_if_exposed(host: str) -> list[str]:
     """Print the exposure warnings for a server about to listen on ``host`` to stderr, loudly."""
     from django.db import DatabaseError, connections
 
-    if is_loopback(host):
+    if is_loopback(host) or os.environ.get(SUPERVISED_ENV):
         return []
     try:
         sample_key = sample_key_in_use()

@@ -89,13 +89,9 @@ def _run_daphne(app, host: str | None, port: int | None, fd: int | None, *, behi
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
 
-    if fd is not None:
-        sock = _fd_socket(fd)
-        domain = "INET6" if sock.family == socket.AF_INET6 else "UNIX" if sock.family == socket.AF_UNIX else "INET"
-        sock.detach()
-        endpoints = [f"fd:fileno={fd}:domain={domain}"]
-    else:
-        endpoints = build_endpoint_description_strings(host=host, port=port)
+    # an fd without ``domain=``: Twisted's fd parser would pass that string on as the address family
+    # and fail ("Listen failure: INET"); its default serves IPv4 and IPv6 sockets alike
+    endpoints = [f"fd:fileno={fd}"] if fd is not None else build_endpoint_description_strings(host=host, port=port)
     server = Server(
         application=app, endpoints=endpoints, action_logger=None,
         proxy_forwarded_address_header="X-Forwarded-For" if behind_proxy else None,

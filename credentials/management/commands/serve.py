@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import shutil
 import signal
@@ -22,10 +21,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from routerproject import servers, supervisor
+from routerproject.exposure import SUPERVISED_ENV, addrport, warn_if_exposed
 
-log = logging.getLogger("routerproject.supervisor")
-
-PARENT_ENV = "ROUTER_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1
 
 
@@ -62,6 +59,7 @@ class Command(BaseCommand):
         if workers == 1:  # each server process says when its address is exposed (servers.run)
             servers.run(server, host=host, port=port)
             return
+        warn_if_exposed(host)  # once here, not in every worker
         if not settings.REDIS_URL:
             sys.stderr.write(
                 f"*** WARNING: {workers} workers without REDIS_URL: rate limits, budgets, cooldowns and "
@@ -72,11 +70,11 @@ class Command(BaseCommand):
             sock = supervisor.listen(host, port)
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
-        self.stdout.write(f"Serving on http://{host}:{port}/ with {workers} {server} workers")
+        self.stdout.write(f"Serving on http://{addrport(host, port)}/ with {workers} {server} workers")
         self.stdout.flush()
+        grace = settings.ROUTER_SHUTDOWN_GRACE_SECONDS
         with _metrics_dir() as env:
-            code = supervisor.Supervisor(sock, workers, _worker_command(server), grace=
-                                         settings.ROUTER_SHUTDOWN_GRACE_SECONDS, env=env).run()
+            code = supervisor.Supervisor(sock, workers, _worker_command(server), grace=grace, env=env).run()
         if code:
             sys.exit(code)
 
@@ -93,7 +91,7 @@ def _worker_command(server: str):
 def _metrics_dir():
     """The children's environment: one PROMETHEUS_MULTIPROC_DIR shared by all, emptied at start, so
     /metrics from any worker sums every worker (ours is removed at exit, an operator's is kept)."""
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, SUPERVISED_ENV: str(os.getpid())}
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     path = Path(given) if given else Path(tempfile.mkdtemp(prefix="router-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +109,7 @@ def _metrics_dir():
 
 def _follow_parent() -> None:
     """A worker drains (SIGTERM) when its supervisor dies without stopping it (SIGKILL, a crash)."""
-    parent = os.environ.get(PARENT_ENV)
+    parent = os.environ.get(SUPERVISED_ENV)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
