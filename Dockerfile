@@ -6,4 +6,5 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v0
 EXPOSE 8080
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8080", "routerproject.asgi:application"]
+# one worker process per core (ROUTER_WORKERS), each running ROUTER_SERVER (daphne or uvicorn)
+CMD ["python", "manage.py", "serve", "--host", "0.0.0.0", "--port", "8080"]

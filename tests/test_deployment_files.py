@@ -12,6 +12,7 @@ import subprocess
 import yaml
 from django.contrib.auth.hashers import check_password
 
+from routerproject.supervisor import KILL_MARGIN
 from tests.live import PYTHON, ROOT, _env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -58,7 +59,8 @@ def test_compose_start_command_creates_the_admin_login(tmp_path):
     command = ROUTER["command"]
     script = shlex.split(command)[-1]
     steps = [s.strip() for s in script.split("&&")]
-    assert steps[-1].startswith("exec daphne") and "python manage.py ensure_admin" in steps
+    assert steps[-1] == "exec python manage.py serve --host 0.0.0.0 --port 8080", steps[-1]
+    assert "python manage.py ensure_admin" in steps
     db = tmp_path / "compose.sqlite3"
     env = _env(db, {"ROUTER_CONFIG": str(ROOT / "router.sample.yaml"), "ROUTER_ADMIN_PASSWORD": "from-the-env-file"})
     for step in steps[:-1]:
@@ -70,3 +72,16 @@ def test_compose_start_command_creates_the_admin_login(tmp_path):
     with sqlite3.connect(db) as conn:
         [(password,)] = conn.execute("SELECT password FROM auth_user WHERE username = 'admin' AND is_superuser")
     assert check_password("from-the-env-file", password)
+
+
+def test_the_image_and_compose_serve_with_one_worker_per_core_and_shared_state():
+    """``manage.py serve`` (workers: ROUTER_WORKERS, else one per core), never a bare single-process
+    server; compose gives the workers Redis and waits for them to drain."""
+    cmd = re.search(r"^CMD (.+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert cmd and yaml.safe_load(cmd.group(1)) == ["python", "manage.py", "serve", "--host", "0.0.0.0",
+                                                     "--port", "8080"]
+    env = ROUTER["environment"]
+    assert env["ROUTER_WORKERS"] == "${ROUTER_WORKERS:-}" and env["ROUTER_SERVER"] == "${ROUTER_SERVER:-daphne}"
+    assert env["REDIS_URL"].startswith("redis://")
+    grace = float(env.get("ROUTER_SHUTDOWN_GRACE_SECONDS", 30))
+    assert int(ROUTER["stop_grace_period"].rstrip("s")) >= grace + KILL_MARGIN

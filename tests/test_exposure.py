@@ -38,13 +38,13 @@ def test_the_daphne_command_line_bind_is_read_from_its_arguments():
     assert daphne_bind(["/usr/bin/pytest", "-b", "0.0.0.0"]) is None
 
 
-RUNSERVER = ["manage.py", "runserver", "--noreload"]
+SERVE = ["manage.py", "serve"]  # as scripts/run starts it
 
 
-def _runserver(tmp_path, env: dict[str, str], *, until: str, timeout: float = 30, command=RUNSERVER) -> str:
-    """Start ``manage.py runserver`` as scripts/run does, return its output once ``until`` shows (or it exits)."""
+def _serve(tmp_path, env: dict[str, str], *, until: str, timeout: float = 30, command=SERVE) -> str:
+    """Start ``manage.py serve`` as scripts/run does, return its output once ``until`` shows (or it exits)."""
     live = LiveRouter(SAMPLE, tmp_path)  # a migrated database with the sample config imported
-    log = tmp_path / f"runserver-{free_port()}.log"
+    log = tmp_path / f"serve-{free_port()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([PYTHON, *command], cwd=ROOT,
                                 env=_env(live.db, env), stdout=out, stderr=subprocess.STDOUT)
@@ -60,11 +60,11 @@ def _runserver(tmp_path, env: dict[str, str], *, until: str, timeout: float = 30
 
 def test_scripts_run_serves_on_loopback_by_default(tmp_path):
     assert "0.0.0.0" not in (ROOT / "scripts/run").read_text()
-    assert "manage.py runserver --noreload" in (ROOT / "scripts/run").read_text()
+    assert "exec .venv/bin/python manage.py serve\n" in (ROOT / "scripts/run").read_text()
     port = free_port()
-    out = _runserver(tmp_path, {"ROUTER_PORT": str(port)}, until="Quit the server")
-    assert f"at http://127.0.0.1:{port}/" in out, out
-    assert "WARNING" not in out
+    out = _serve(tmp_path, {"ROUTER_PORT": str(port), "ROUTER_WORKERS": "2"}, until="Router serving on fd")
+    assert f"Serving on http://127.0.0.1:{port}/ with 2 daphne workers" in out, out
+    assert "WARNING: listening" not in out and "2 workers without REDIS_URL" in out
 
 
 @pytest.mark.parametrize("how", ["scripts-run", "daphne-command", "servers-uvicorn"])
@@ -72,10 +72,11 @@ def test_a_wide_bind_with_the_sample_key_warns_loudly_before_serving(tmp_path, h
     # 192.0.2.1 (TEST-NET-1) is not this machine's: the bind fails right after the warnings, so the
     # test never listens beyond loopback.
     port = str(free_port())
-    command = {"scripts-run": RUNSERVER,
+    command = {"scripts-run": SERVE,
                "daphne-command": ["-m", "daphne", "-b", "192.0.2.1", "-p", port, "routerproject.asgi:application"],
                "servers-uvicorn": ["-m", "routerproject.servers", "--server", "uvicorn"]}[how]
-    out = _runserver(tmp_path, {"ROUTER_HOST": "192.0.2.1", "ROUTER_PORT": port}, until="rror", command=command)
+    out = _serve(tmp_path, {"ROUTER_HOST": "192.0.2.1", "ROUTER_PORT": port, "ROUTER_WORKERS": "2"}, until="rror",
+                 command=command)
     assert "WARNING: listening on 192.0.2.1" in out, out
     assert "sk-router-local-dev" in out and "DJANGO_SECRET_KEY is the development default" in out
 

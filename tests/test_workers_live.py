@@ -260,6 +260,14 @@ def wait_for(predicate, timeout: float = 30.0, what: str = ""):
     return value
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_a_killed_worker_is_replaced_and_the_service_goes_on(live):
     router = live(DEMO)
     assert "2 workers without REDIS_URL" in router.log()  # per-worker state is said out loud
@@ -273,6 +281,11 @@ def test_a_killed_worker_is_replaced_and_the_service_goes_on(live):
     until_every_worker(router, lambda: post(router), "2xx")  # the new worker serves too
     assert f"(pid {victim}) died (signal SIGKILL)" in router.log()
     assert not (router.metrics / f"gauge_livesum_{victim}.db").exists()  # its live gauges left the sum
+    # the supervisor itself killed: its workers drain and exit rather than serve on unsupervised
+    workers = router.worker_pids()
+    router.proc.kill()
+    router.proc.wait(10)
+    wait_for(lambda: not any(running(pid) for pid in workers), what="orphaned workers")
 
 
 def test_sigterm_to_the_parent_drains_every_worker(live, fakes):

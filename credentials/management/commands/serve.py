@@ -60,6 +60,7 @@ class Command(BaseCommand):
             servers.run(server, host=host, port=port)
             return
         warn_if_exposed(host)  # once here, not in every worker
+        _close_database_pools()  # the workers open their own; this process needs none
         if not settings.REDIS_URL:
             sys.stderr.write(
                 f"*** WARNING: {workers} workers without REDIS_URL: rate limits, budgets, cooldowns and "
@@ -105,6 +106,15 @@ def _metrics_dir():
         if not given:
             shutil.rmtree(path, ignore_errors=True)
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def _close_database_pools() -> None:
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()
 
 
 def _follow_parent() -> None:
