@@ -88,7 +88,9 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         fd = self.sock.fileno()
-        proc = subprocess.Popen(self.command(fd), pass_fds=(fd,), env=self.env)
+        # its own process group: a terminal's Ctrl-C reaches only this process, which drains the workers
+        # (were it to reach them too, a Daphne worker would stop at once, a uvicorn one take it as a hurry)
+        proc = subprocess.Popen(self.command(fd), pass_fds=(fd,), env=self.env, process_group=0)
         self.workers[proc.pid] = Worker(slot, proc)
         log.info("worker %d started (pid %d)", slot, proc.pid)
 

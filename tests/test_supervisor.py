@@ -1,9 +1,10 @@
 """The pre-fork supervisor on its own, with tiny stand-in workers (the real router's workers are in
-test_workers_live.py): crash loops end, a second signal is passed on, a worker that will not stop is
+test_workers_live.py): crash loops end, Ctrl-C drains and a second one hurries, a worker that will not stop is
 killed once the grace and the margin are over."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ WORKER = textwrap.dedent("""
         if got == stop_at:
             sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, lambda *a: open(os.path.join(marks, f"{os.getpid()}.int"), "w").close())
     open(os.path.join(marks, f"{os.getpid()}.up"), "w").close()
     while True:
         time.sleep(0.05)
@@ -54,20 +55,22 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
 
 def start_parent(tmp_path: Path, *, stop_at: int, grace: float, margin: float) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), str(stop_at), str(grace), str(margin),
-                             WORKER], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             WORKER], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as in a terminal
     wait_for(lambda: len(list(tmp_path.glob("*.up"))) == 2 or proc.poll() is not None)
     return proc
 
 
-def test_a_second_signal_is_passed_on_to_every_worker(tmp_path):
+def test_ctrl_c_drains_the_workers_and_a_second_one_hurries_them(tmp_path):
     parent = start_parent(tmp_path, stop_at=2, grace=60, margin=60)  # workers drain until a second SIGTERM
-    parent.send_signal(signal.SIGTERM)
+    os.killpg(parent.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
     wait_for(lambda: len(list(tmp_path.glob("*.term"))) == 2)
     assert parent.poll() is None  # still draining: nothing is cut on the first signal
-    parent.send_signal(signal.SIGINT)  # Ctrl-C counts as the second signal
+    os.killpg(parent.pid, signal.SIGINT)
     out, _ = parent.communicate(timeout=30)
     assert parent.returncode == 0, out
     assert sorted(p.read_text() for p in tmp_path.glob("*.term")) == ["2", "2"]
+    assert not list(tmp_path.glob("*.int"))  # the workers heard it only from the supervisor, as SIGTERM
     assert "workers cut what is left now" in out and out.count("exited (exit status 0)") == 2
 
 
