@@ -109,6 +109,20 @@ def test_the_writer_thread_spools_every_interval_while_the_database_is_down(sett
     assert written_ids() == [f"req_{i:04d}" for i in range(6)]
 
 
+def test_an_outage_is_logged_once_and_its_end_once(settings, outage, caplog):
+    writer = UsageWriter()
+    writer._start = lambda: None
+    writer.record(row(0))
+    with caplog.at_level("WARNING", logger="proxy.usage"):
+        for _ in range(5):  # shutdown retries like this, in every worker
+            assert not writer._write_all()
+        outage.end()
+        assert writer._write_all()
+    assert caplog.text.count("usage write failed") == 1 and writer.stats()["write_failures"] == 5
+    assert caplog.text.count("usage writes succeed again (5 failed") == 1
+    assert written_ids() == ["req_0000"]
+
+
 def test_replay_after_a_crash_mid_replay_writes_nothing_twice(settings):
     writer = UsageWriter()
     spool = writer.spool()

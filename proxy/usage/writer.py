@@ -281,16 +281,20 @@ class UsageWriter:
                     parts += [part[half:], part[:half]]  # the first half is written first
                 continue
             self.written += len(part)
+            if self.failing:
+                log.warning("usage writes succeed again (%d failed attempt(s) since start)", self.failures)
             self.failing = False
             self.last_error = ""
         return []
 
     def _failed(self, exc: Exception) -> None:
+        """Count a failed write; said once per outage (shutdown retries in a loop, every worker at once)."""
         self.failures += 1
+        if not self.failing:
+            log.warning("usage write failed (%s: %s); rows go to the spool until the database is back",
+                        type(exc).__name__, str(exc)[:200])
         self.failing = True
         self.last_error = type(exc).__name__
-        log.warning("usage write failed (%s: %s); rows go to the spool until the database is back",
-                    type(exc).__name__, str(exc)[:200])
 
     def _reject(self, row: dict[str, Any], exc: Exception) -> None:
         self.rejected += 1
@@ -319,6 +323,7 @@ class UsageWriter:
             if time.monotonic() > deadline:
                 return False
             if self.failing:
+                time.sleep(0.05)  # the database is down: retry soon, not in a tight loop
                 self._retry_at = 0.0
         return True
 
