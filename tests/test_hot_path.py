@@ -17,6 +17,7 @@ import pytest
 
 from proxy import asgi
 from proxy.asgi import ApiApp, Response
+from routerproject import servers
 
 # ---- ApiApp cancellation -----------------------------------------------------------
 
@@ -115,6 +116,10 @@ def test_form_parsing_is_switched_off_only_under_daphne(monkeypatch):
     monkeypatch.setitem(sys.modules, "daphne.http_protocol", module)
     monkeypatch.setattr(FakeWebRequest, "__init__", FakeWebRequest.__init__)
     assert FakeWebRequest("channel").parse_forms is True
+    monkeypatch.setattr(servers, "running", "uvicorn")  # Daphne imported (it is an installed app), not serving
+    asgi.skip_twisted_form_parsing()
+    assert FakeWebRequest("channel").parse_forms is True
+    monkeypatch.setattr(servers, "running", "daphne")
     asgi.skip_twisted_form_parsing()
     asgi.skip_twisted_form_parsing()  # idempotent: wrapped once
     assert FakeWebRequest("channel").parse_forms is False

@@ -3,7 +3,10 @@ inherited listening socket (what a pre-forking supervisor hands its children), s
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
+import re
 import signal
 import socket
 import subprocess
@@ -83,5 +86,38 @@ def test_a_server_serves_an_inherited_socket_and_drains_on_sigterm(tmp_path, ser
             proc.kill()
     out = log.read_text()
     assert f"({server}, pid {proc.pid})" in out and "shutdown: every request finished" in out, out
+    assert "GET /health" not in out  # no access log unless ROUTER_ACCESS_LOG: neither server's own
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+# ---- the access log (ROUTER_ACCESS_LOG): one line per request, the same under both servers ----------------
+
+def _http_scope(path: str, query: bytes = b"") -> dict:
+    return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": query,
+            "client": ("10.1.2.3", 5555), "headers": []}
+
+
+async def test_access_log_says_client_method_path_status_once_per_request(caplog):
+    async def answer(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async def left(scope, receive, send) -> None:  # a stream the client walked away from
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise asyncio.CancelledError
+
+    async def send(message) -> None:
+        pass
+
+    with caplog.at_level(logging.INFO, logger="router.access"):
+        await AccessLog(answer)(_http_scope("/v1/chat/completions", b"key=abc"), None, send)
+        with pytest.raises(asyncio.CancelledError):
+            await AccessLog(left)(_http_scope("/v1/responses"), None, send)
+        await AccessLog(answer)({"type": "lifespan"}, None, send)  # not a request: not logged
+    lines = [r.getMessage() for r in caplog.records if r.name == "router.access"]
+    assert len(lines) == 2, lines
+    # the configured handlers' RedactSecretsFilter has cleaned the line, as it cleans any record
+    assert re.fullmatch(r'10\.1\.2\.3:5555 - "POST /v1/chat/completions\?key=\[redacted\]" 201 \d+\.\dms', lines[0])
+    assert lines[1].startswith('10.1.2.3:5555 - "POST /v1/responses" 200 ')
