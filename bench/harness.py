@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -131,11 +132,6 @@ def manage(database_url: str, tmp: Path, *args: str) -> None:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
 
 
-def has_serve_command() -> bool:
-    """``manage.py serve --server {daphne,uvicorn} --workers N``, once the router ships it."""
-    return any(ROOT.glob("*/management/commands/serve.py"))
-
-
 def server_available(server: str) -> bool:
     if server == "daphne":
         return True
@@ -148,32 +144,17 @@ def server_available(server: str) -> bool:
     return True
 
 
-def server_command(server: str, port: int, workers: int, *, cli: bool = False) -> list[str]:
-    """How the router is started in production, as far as this checkout can: ``manage.py serve``, else the
-    one-process entry point (``routerproject.servers``: the router's own limits and shutdown under either
-    server), else (or with ``cli``) the servers' own command lines."""
-    where = ["--host", "127.0.0.1", "--port", str(port)]
-    if has_serve_command() and not cli:
-        return [PYTHON, "manage.py", "serve", "--server", server, "--workers", str(workers), *where]
-    if workers == 1 and not cli and (ROOT / "routerproject" / "servers.py").exists():
-        return [PYTHON, "-m", "routerproject.servers", "--server", server, *where]
-    if server == "daphne":
-        if workers != 1:
-            raise ValueError("Daphne runs one process (more need manage.py serve)")
-        return [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "routerproject.asgi:application"]
-    return [PYTHON, "-m", "uvicorn", "routerproject.asgi:application", "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning", *where, *(["--workers", str(workers)] if workers != 1 else [])]
-
-
-def supports_workers(server: str) -> bool:
-    return server != "daphne" or has_serve_command()
+def server_command(server: str, port: int, workers: int) -> list[str]:
+    """As the router is started in production (one worker serves in that process; more are supervised)."""
+    return [PYTHON, "manage.py", "serve", "--server", server, "--workers", str(workers),
+            "--host", "127.0.0.1", "--port", str(port)]
 
 
 def start_router(procs: Procs, name: str, server: str, database_url: str, extra_env: dict[str, str], *,
-                 workers: int = 1, cli: bool = False, aliases: dict[str, str], key: str = "") -> Target:
+                 workers: int = 1, aliases: dict[str, str], key: str = "") -> Target:
     key = key or client_key(name)
     port = free_port()
-    proc = procs.spawn(name, server_command(server, port, workers, cli=cli),
+    proc = procs.spawn(name, server_command(server, port, workers),
                        env=router_env(database_url, procs.tmp, extra_env))
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     return Target(name, f"http://127.0.0.1:{port}", headers, aliases, proc,
@@ -221,19 +202,25 @@ def create_client_key(admin: Target, router: Target) -> None:
         raise RuntimeError(f"/key/generate answered {status}: {answer[:300]!r}")
 
 
-def wait_key_accepted(router: Target, timeout: float = 20.0) -> None:
-    """Routers load keys from an in-memory table refreshed in the background: wait until this one knows it."""
+def wait_key_accepted(router: Target, timeout: float = 30.0) -> None:
+    """Routers load keys from an in-memory table each process refreshes on its own: wait until every worker
+    knows the key, i.e. until batches of concurrent requests (on new connections, so they spread over the
+    workers) are all accepted three times running."""
+    payload = json.loads(chat_body(router.model(UPSTREAM_MODEL), stream=False))
     deadline = time.monotonic() + timeout
-    while True:
-        router.sent += 1
-        status, answer = post(router.url + "/v1/chat/completions",
-                              json.loads(chat_body(router.model(UPSTREAM_MODEL), stream=False)),
-                              router.headers)
-        if status == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{router.name} still refuses the client key: {status} {answer[:300]!r}")
-        time.sleep(0.25)
+    streak = 0
+    with ThreadPoolExecutor(8) as pool:
+        while streak < 3:
+            router.sent += 8
+            answers = list(pool.map(lambda _: post(router.url + "/v1/chat/completions", payload, router.headers),
+                                    range(8)))
+            refused = [(status, answer) for status, answer in answers if status != 200]
+            streak = 0 if refused else streak + 1
+            if refused and time.monotonic() > deadline:
+                status, answer = refused[0]
+                raise RuntimeError(f"{router.name} still refuses the client key: {status} {answer[:300]!r}")
+            if refused:
+                time.sleep(0.25)
 
 
 def check_streaming(target: Target) -> None:

@@ -50,12 +50,10 @@ from harness import (
     check_streaming,
     create_client_key,
     direct_target,
-    has_serve_command,
     manage,
     server_available,
     start_router,
     start_upstream,
-    supports_workers,
     wait_key_accepted,
     wait_serving,
 )
@@ -153,13 +151,18 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     load_config(procs, db, config)
     sqlite = Database.sqlite(procs.tmp / "default.sqlite3", label="SQLite default")
     load_config(procs, sqlite, config)
-    env = {"ROUTER_HTTP_TRANSPORT": args.transport, "ROUTER_USAGE_LOGGING": "true"}
+    local = {"ROUTER_HTTP_TRANSPORT": args.transport, "ROUTER_USAGE_LOGGING": "true"}
+    # production shares limits, budgets and cooldowns through Redis; the SQLite pair is the local default
+    env = {**local, **({"REDIS_URL": args.redis, "ROUTER_REDIS_PREFIX": f"{{bench-{os.getpid()}}}:"}
+                       if args.redis else {})}
     off = {**env, "ROUTER_USAGE_LOGGING": "false"}
     routers = [start_router(procs, s, s, db.url, env, aliases=aliases) for s in args.servers]
-    workers = [worker_pair(procs, router, db, env, aliases) for router in routers if supports_workers(router.name)]
+    workers = [(router, start_router(procs, f"{router.name} x2", router.name, db.url, env, workers=2, aliases=aliases))
+               for router in routers]
     logging_off = start_router(procs, "logging-off", args.servers[0], db.url, off, aliases=aliases)
-    sqlite_on = start_router(procs, "sqlite-on", "daphne", sqlite.url, env, aliases=aliases)
-    sqlite_off = start_router(procs, "sqlite-off", "daphne", sqlite.url, off, aliases=aliases)
+    sqlite_on = start_router(procs, "sqlite-on", "daphne", sqlite.url, local, aliases=aliases)
+    sqlite_off = start_router(procs, "sqlite-off", "daphne", sqlite.url, {**local, "ROUTER_USAGE_LOGGING": "false"},
+                              aliases=aliases)
     peer = portkey.start(procs, upstream_port) if use_portkey(args) else None
     everyone = list({id(t): t for t in [*routers, *(t for pair in workers for t in pair), logging_off,
                                             sqlite_on, sqlite_off]}.values())
@@ -175,18 +178,6 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     for target in [direct, *everyone, *([peer] if peer else [])]:
         check_streaming(target)
     return Setup(direct, routers, logging_off, workers, sqlite_on, sqlite_off, peer, sqlite)
-
-
-def worker_pair(procs: Procs, router: Target, db: Database, env: dict[str, str],
-                aliases: dict[str, str]) -> tuple[Target, Target]:
-    """The same launcher with one and with two workers: ``manage.py serve`` (the matrix's router is the
-    one-worker side), else the server's own command line for both."""
-    server = router.name
-    if has_serve_command():
-        return router, start_router(procs, f"{server} x2", server, db.url, env, workers=2, aliases=aliases)
-    one, two = (start_router(procs, f"{server}-cli x{n}", server, db.url, env, workers=n, cli=True, aliases=aliases)
-                for n in (1, 2))
-    return one, two
 
 
 def settled_rows(db: Database, targets: list[Target]) -> dict[str, int]:
@@ -236,6 +227,10 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
         slow = bench.slow_streams(s.measured)
         rows = new_rows(db, base[0], s.logging) | new_rows(s.sqlite, base[1], [s.sqlite_on])
         spool = spooled(procs.tmp)
+        for where, (written, sent) in rows.items():  # what the router said, when rows went missing
+            if written != sent:
+                name = where.split(": ", 1)[1]
+                spool[f"log of {name}"] = procs.log(name)[-1500:]
         bench.load.close()
     keys = keys_overhead(mode)
     results = Results(args.servers, db.kind, cells, slow, pg_logging, sqlite_logging, mvc, rows, keys)
@@ -243,7 +238,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
     header = (f"Auto AI Router benchmark ({mode}, {time.monotonic() - machine.started:.0f} s): servers "
               f"{', '.join(args.servers)}{' vs Portkey ' + portkey.VERSION if s.peer else ''}; {os.cpu_count()} "
               f"CPUs (other processes, PostgreSQL included, used {others:.2f} CPU on average meanwhile); database "
-              f"{db.kind}; HTTP transport {args.transport}; client key with budget and limits on every router "
+              f"{db.kind}; limits {'in Redis' if args.redis else 'in-process (no REDIS_URL)'}; HTTP transport "
+              f"{args.transport}; client key with budget and limits on every router "
               f"request; load: aiohttp client in its own process, closed loop, {profile.duration:g} s per run "
               f"after {profile.warmup:g} s warm-up, {profile.rounds} round(s); CPU = utime+stime of the target's "
               "process tree / requests")
@@ -270,7 +266,7 @@ def messages_vs_chat(bench: Bench, router: Target) -> Series:
                        [messages, chat], run=one)
 
 
-def report(r: Results, workers: list[Series], spool: dict[str, int], profile: Profile, mode: str) -> str:
+def report(r: Results, workers: list[Series], spool: dict, profile: Profile, mode: str) -> str:
     lines = ["", f"Chat completions, median of {profile.rounds} round(s); latencies in ms; '+' = target minus "
              "direct in the same round; CPU in ms per request; PK = Portkey", *matrix_table(r.cells)]
     lines += [f"    error ({cell.label}): {e}" for cell in r.cells for e in cell.error_samples()]
@@ -282,6 +278,8 @@ def report(r: Results, workers: list[Series], spool: dict[str, int], profile: Pr
     lines += ["Usage rows written / requests sent, per router: " + ", ".join(
         f"{where} {rows} / {sent}" for where, (rows, sent) in r.rows.items())
         + f"; rows in the routers' spool: {spool['spooled']} waiting, {spool['rejected']} rejected"]
+    lines += [f"    {name} (its rows differ from its requests):\n{text}" for name, text in spool.items()
+              if name.startswith("log of ")]
     smoke = " -- smoke run: the figures mean nothing" if mode == "smoke" else ""
     lines += ["", f"Targets{smoke}", *targets_table(evaluate(r)), keys_note(r.keys)]
     return "\n".join(lines)
@@ -410,6 +408,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="auto: PostgreSQL when reachable, else SQLite")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES,
                         help="an admin URL; a throwaway database is created beside it (env BENCH_POSTGRES_URL)")
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL"), metavar="URL",
+                        help="REDIS_URL for the PostgreSQL routers, as in production (limits and budgets shared "
+                             "through Redis; keys under a per-run prefix); env BENCH_REDIS_URL; default: none")
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp",
                         help="the routers' ROUTER_HTTP_TRANSPORT")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")

@@ -21,8 +21,8 @@ EXPECTED_ROWS = [
       for target in ("direct", *SERVERS)),
     r"^20 concurrent slow streams \(3 chunks x 20 ms\), 1 round",
     *(rf"^  {target}\s+20\s+0\s+[\d.]+\s+[\d.]+\s+[\d.]+\s" for target in ("direct", *SERVERS)),
-    *((r"^uvicorn(-cli)?: 1 vs 2 workers, non-stream c=16", r"^  uvicorn(-cli)? x2\s+\d+(\s+[\d.]+){4}\s+0$")
-      if "uvicorn" in SERVERS else ()),
+    *(rf"^{server}: 1 vs 2 workers, non-stream c=16" for server in SERVERS),
+    *(rf"^  {server} x2\s+\d+(\s+[\d.]+){{4}}\s+0$" for server in SERVERS),
     r"^usage logging to (PostgreSQL|SQLite) on vs off",
     r"^  logging-off\s+\d+(\s+[\d.]+){4}\s+0$",
     r"^usage logging to SQLite on vs off",
