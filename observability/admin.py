@@ -26,7 +26,7 @@ from proxy import state
 from proxy.models import UsageRecord
 
 from . import charts, dashboard
-from .models import Dashboard, UsageHourly
+from .models import Dashboard, UsageDaily
 
 EXACT_COUNT_LIMIT = 100_000
 
@@ -48,13 +48,13 @@ class EstimatedCountPaginator(Paginator):
 
 
 class _RollupValues(admin.SimpleListFilter):
-    """A filter whose choices are the values seen in the last 30 days' rollups."""
+    """A filter whose choices are the values seen in the last 30 days' daily rollups."""
 
     column = ""
 
     def lookups(self, request, model_admin):
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-        values = (UsageHourly.objects.filter(hour__gte=since).values_list(self.column, flat=True)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=31)
+        values = (UsageDaily.objects.filter(day__gte=since).values_list(self.column, flat=True)
                   .distinct().order_by(self.column))
         return [(v, v) for v in values[:200] if v]
 
@@ -123,17 +123,23 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "request_id", "key_id", "endpoint", "requested_model", "resolved_model",
                     "credential", "status", "stream", "prompt_tokens", "completion_tokens", "latency")
     list_filter = (TimeRangeFilter, StatusClassFilter, _rollup_filter("key_id", "key"),
+                   _rollup_filter("team_id", "team"),
                    _rollup_filter("requested_model", "public model"),
                    _rollup_filter("resolved_model", "upstream model"), _rollup_filter("credential", "credential"),
                    _rollup_filter("provider", "provider"), _rollup_filter("endpoint", "endpoint"),
                    "stream", "client_closed")
-    search_fields = ("=request_id",)
+    search_fields = ("request_id",)  # matched exactly, on its index (get_search_results)
     search_help_text = "Exact request id (the x-request-id header), e.g. req_0123abcd…"
     date_hierarchy = "created_at"
     show_full_result_count = False
     paginator = EstimatedCountPaginator
     list_per_page = 100
     change_list_template = "admin/observability/usagerecord_change_list.html"
+
+    def get_search_results(self, request, queryset, search_term):
+        """The exact request id on its index: the default ``UPPER(request_id) = UPPER(…)`` scans every row."""
+        term = search_term.strip()
+        return (queryset.filter(request_id=term) if term else queryset), False
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: UsageRecord) -> str:
@@ -174,29 +180,29 @@ class DashboardAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         window = dashboard.Window.from_query(request.GET)
-        hours = window.hours()
-        per_hour = dashboard.series(window)
+        points = window.points()
+        totals, per_bucket = dashboard.summary(window)
         empty = dashboard._figures({})
+        per = "hour" if window.step == dashboard.HOUR else "day"
 
         def line(get) -> list[float | None]:
-            return [get(per_hour.get(h, empty)) for h in hours]
+            return [get(per_bucket.get(p, empty)) for p in points]
 
         graphs = [
-            charts.line_chart("Requests per hour by status class", hours, [
+            charts.line_chart(f"Requests per {per} by status class", points, [
                 charts.Series(klass, line(lambda f, k=klass: f["by_class"][k])) for klass in dashboard.CLASSES]),
-            charts.line_chart("Error rate (4xx + 5xx)", hours, [charts.Series("errors", line(
+            charts.line_chart("Error rate (4xx + 5xx)", points, [charts.Series("errors", line(
                 lambda f: None if f["error_rate"] is None else f["error_rate"] * 100))],
                 fmt=lambda v: f"{v:.0f}%"),
-            charts.line_chart("Tokens per hour", hours, [
+            charts.line_chart(f"Tokens per {per}", points, [
                 charts.Series(name, line(lambda f, n=name: f["tokens"][n])) for name, _ in dashboard.TOKEN_TYPES]),
-            charts.line_chart("Cost per hour (USD)", hours, [charts.Series("cost", line(lambda f: float(f["cost"])))],
-                              fmt=lambda v: f"${v:.3g}"),
-            charts.line_chart("Latency (ms)", hours, [charts.Series("p50", line(lambda f: f["latency_p50"])),
+            charts.line_chart(f"Cost per {per} (USD)", points,
+                              [charts.Series("cost", line(lambda f: float(f["cost"])))], fmt=lambda v: f"${v:.3g}"),
+            charts.line_chart("Latency (ms)", points, [charts.Series("p50", line(lambda f: f["latency_p50"])),
                                                       charts.Series("p95", line(lambda f: f["latency_p95"]))]),
-            charts.line_chart("Time to first byte (ms)", hours, [charts.Series("p50", line(lambda f: f["ttfb_p50"])),
+            charts.line_chart("Time to first byte (ms)", points, [charts.Series("p50", line(lambda f: f["ttfb_p50"])),
                                                                  charts.Series("p95", line(lambda f: f["ttfb_p95"]))]),
         ]
-        totals = dashboard.totals(window)
         context = {
             **self.admin_site.each_context(request),
             "title": "Dashboard",

@@ -43,7 +43,7 @@ def number(value: float) -> str:
 
 def line_chart(title: str, hours: Sequence[dt.datetime], series: Sequence[Series],
                fmt: Callable[[float], str] = number) -> SafeString:
-    """One chart: a line per series over the hours, y from 0, grid and labels."""
+    """One chart: a line per series over the hours (or days: midnights only), y from 0, grid and labels."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     peak = max((v for s in series for v in s.values if v is not None), default=0.0)
     top = nice_ceiling(peak)
@@ -64,10 +64,11 @@ def line_chart(title: str, hours: Sequence[dt.datetime], series: Sequence[Series
         parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11" '
                      f'fill="#6b7280">{escape(fmt(value))}</text>')
     if n:
+        label = "%Y-%m-%d" if n > 1 and all(h.hour == 0 for h in hours) else "%m-%d %H:00"
         for i in sorted({0, n // 2, n - 1}):
             anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
             parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}" font-size="11" '
-                         f'fill="#6b7280">{hours[i]:%m-%d %H:00}</text>')
+                         f'fill="#6b7280">{hours[i].strftime(label)}</text>')
     for index, s in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
         points = [(x(i), y(v)) for i, v in enumerate(s.values) if v is not None]

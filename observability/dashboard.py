@@ -1,15 +1,23 @@
-"""The dashboard's figures, read from the hourly rollups only (never the raw usage rows)."""
+"""The dashboard's figures, read from the rollups only (never the raw usage rows).
+
+Short windows read the hourly table and chart per hour. Longer ones read whole UTC days from
+the daily table, the hours at the window's edges from the hourly one, and chart per day: 30 days
+are a few thousand rollup rows, whatever the traffic. Totals are the sum of the chart's buckets
+(one query less); top-N tables merge the segments' groups.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Case, DecimalField, F, IntegerField, Q, QuerySet, Sum, When
+from django.db.models.functions import TruncDay
 
-from .models import BUCKETS_MS, LATENCY_BUCKETS, TTFB_BUCKETS, UsageHourly
+from .models import BUCKETS_MS, LATENCY_BUCKETS, TTFB_BUCKETS, UsageDaily, UsageHourly
 from .rollups import percentile
 
 PERIODS = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
@@ -19,6 +27,9 @@ CLASSES = ("2xx", "4xx", "5xx")
 TOKEN_TYPES = (("input", "prompt_tokens"), ("cached", "cached_tokens"), ("cache writes", "cache_write_tokens"),
                ("output", "completion_tokens"), ("reasoning", "reasoning_tokens"))
 TOP_N = 10
+HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
+#: windows longer than this chart per day and read whole days from the daily table
+HOURLY_UP_TO = dt.timedelta(days=2)
 
 
 @dataclass
@@ -43,9 +54,19 @@ class Window:
         start = end - max(PERIODS[period], dt.timedelta(hours=1))
         return cls(start, end, period, filters)
 
-    def hours(self) -> list[dt.datetime]:
-        count = int((self.end - self.start).total_seconds() // 3600)
-        return [self.start + dt.timedelta(hours=i) for i in range(count)]
+    @property
+    def step(self) -> dt.timedelta:
+        return HOUR if self.end - self.start <= HOURLY_UP_TO else DAY
+
+    def points(self) -> list[dt.datetime]:
+        """The chart's buckets: every hour of the window, or every UTC day it touches."""
+        if self.step == HOUR:
+            first, count = self.start, int((self.end - self.start) / HOUR)
+        else:
+            first = _midnight(self.start)
+            count = int((_midnight(self.end - dt.timedelta(microseconds=1)) - first) / DAY) + 1
+        return [first + i * self.step for i in range(count)]
+
 
 
 def _day(value: str | None) -> dt.datetime | None:
@@ -55,7 +76,38 @@ def _day(value: str | None) -> dt.datetime | None:
         return None
 
 
+def _midnight(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rollup rows covering part of the window, and the expression of their chart bucket."""
+
+    rows: QuerySet
+    bucket: Any
+
+
+def segments(window: Window) -> Iterator[Segment]:
+    filters = {FILTERS[name]: value for name, value in window.filters.items()}
+    hourly = UsageHourly.objects.filter(**filters)
+    per_hour = F("hour") if window.step == HOUR else TruncDay("hour", tzinfo=dt.UTC)
+    if window.step == HOUR:
+        yield Segment(hourly.filter(hour__gte=window.start, hour__lt=window.end), per_hour)
+        return
+    first = _midnight(window.start)
+    first = first if first == window.start else first + DAY
+    last = max(_midnight(window.end), first)
+    if first < last:
+        yield Segment(UsageDaily.objects.filter(**filters, day__gte=first, day__lt=last), F("day"))
+    if window.start < first:
+        yield Segment(hourly.filter(hour__gte=window.start, hour__lt=min(first, window.end)), per_hour)
+    if last < window.end:
+        yield Segment(hourly.filter(hour__gte=max(last, window.start), hour__lt=window.end), per_hour)
+
+
 def rows(window: Window) -> QuerySet:
+    """The hourly rollup rows of the window (what every figure equals, whichever table it is read from)."""
     qs = UsageHourly.objects.filter(hour__gte=window.start, hour__lt=window.end)
     return qs.filter(**{FILTERS[name]: value for name, value in window.filters.items()})
 
@@ -64,7 +116,7 @@ def _sums() -> dict[str, Any]:
     """Aggregates over rollup rows, named ``x_<column>`` (an alias may not shadow the column it sums)."""
     sums: dict[str, Any] = {f"x_{column}": Sum(column) for column in (
         "requests", "priced_requests", "latency_ms_sum", "ttfb_ms_sum", "ttfb_count", "streams", "client_closed",
-        *(column for _, column in TOKEN_TYPES), *LATENCY_BUCKETS, *TTFB_BUCKETS)}
+        "images", *(column for _, column in TOKEN_TYPES), *LATENCY_BUCKETS, *TTFB_BUCKETS)}
     sums["x_cost_usd"] = Sum("cost_usd", output_field=DecimalField())
     for klass in CLASSES:
         sums[f"x_{klass}"] = Sum(Case(When(status_class=klass, then=F("requests")), default=0,
@@ -92,37 +144,62 @@ def _figures(agg: dict[str, Any]) -> dict[str, Any]:
         "latency_p50": percentile(lat, 0.5), "latency_p95": percentile(lat, 0.95),
         "ttfb_p50": percentile(ttfb, 0.5), "ttfb_p95": percentile(ttfb, 0.95),
         "latency_avg": get("latency_ms_sum") / requests if requests else None,
-        "streams": get("streams"), "client_closed": get("client_closed"),
+        "streams": get("streams"), "client_closed": get("client_closed"), "images": get("images"),
     }
 
 
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    for name, value in more.items():
+        if value is not None:
+            into[name] = into.get(name, 0) + value
+
+
+def sums_per_bucket(window: Window) -> dict[dt.datetime, dict[str, Any]]:
+    out: dict[dt.datetime, dict[str, Any]] = {}
+    for segment in segments(window):
+        for r in segment.rows.values(b=segment.bucket).annotate(**_sums()).order_by():
+            _merge(out.setdefault(r.pop("b"), {}), r)
+    return dict(sorted(out.items()))
+
+
+def summary(window: Window) -> tuple[dict[str, Any], dict[dt.datetime, dict[str, Any]]]:
+    """(totals, figures per chart bucket): buckets without traffic are absent."""
+    per_bucket = sums_per_bucket(window)
+    whole: dict[str, Any] = {}
+    for sums in per_bucket.values():
+        _merge(whole, sums)
+    return _figures(whole), {when: _figures(sums) for when, sums in per_bucket.items()}
+
+
 def totals(window: Window) -> dict[str, Any]:
-    return _figures(rows(window).aggregate(**_sums()))
+    return summary(window)[0]
 
 
 def series(window: Window) -> dict[dt.datetime, dict[str, Any]]:
-    """Figures per hour of the window (hours without traffic are absent)."""
-    per_hour = rows(window).values("hour").annotate(**_sums()).order_by("hour")
-    return {r["hour"]: _figures(r) for r in per_hour}
+    return summary(window)[1]
 
 
 def top(window: Window, dimension: str, n: int = TOP_N) -> list[dict[str, Any]]:
-    qs = (rows(window).values(dimension)
-          .annotate(n=Sum("requests"), cost=Sum("cost_usd", output_field=DecimalField()),
-                    errors=Sum(Case(When(~Q(status_class="2xx"), then=F("requests")), default=0,
-                                    output_field=IntegerField())),
-                    input=Sum("prompt_tokens"), output=Sum("completion_tokens"))
-          .order_by("-n", dimension)[:n])
-    return [{"name": r[dimension], "requests": r["n"], "errors": r["errors"], "input": r["input"],
-             "output": r["output"], "cost": r["cost"] or Decimal(0),
-             "error_rate": r["errors"] / r["n"] if r["n"] else None} for r in qs]
+    merged: dict[str, dict[str, Any]] = {}
+    for segment in segments(window):
+        for r in (segment.rows.values(dimension)
+                  .annotate(n=Sum("requests"), cost=Sum("cost_usd", output_field=DecimalField()),
+                            errors=Sum(Case(When(~Q(status_class="2xx"), then=F("requests")), default=0,
+                                            output_field=IntegerField())),
+                            input=Sum("prompt_tokens"), output=Sum("completion_tokens"), images_n=Sum("images"))
+                  .order_by()):
+            _merge(merged.setdefault(r.pop(dimension), {}), r)
+    ranked = sorted(merged.items(), key=lambda item: (-item[1]["n"], item[0]))[:n]
+    return [{"name": name, "requests": r["n"], "errors": r.get("errors", 0), "input": r.get("input", 0),
+             "output": r.get("output", 0), "images": r.get("images_n", 0), "cost": r.get("cost") or Decimal(0),
+             "error_rate": r.get("errors", 0) / r["n"] if r["n"] else None} for name, r in ranked]
 
 
 def options(window: Window) -> dict[str, list[str]]:
-    """Values the filters offer: what the rollups of the last 30 days contain (small, indexed by hour)."""
-    recent = UsageHourly.objects.filter(hour__gte=window.end - dt.timedelta(days=30))
+    """Values the filters offer: what the daily rollups of the last 30 days contain (small, indexed by day)."""
+    recent = UsageDaily.objects.filter(day__gte=_midnight(window.end - dt.timedelta(days=30)))
     return {name: [v for v in recent.values_list(column, flat=True).distinct().order_by(column) if v][:500]
             for name, column in FILTERS.items()}
 
 
-__all__ = ["BUCKETS_MS", "PERIODS", "Window", "options", "series", "top", "totals"]
+__all__ = ["BUCKETS_MS", "PERIODS", "Window", "options", "series", "summary", "top", "totals"]

@@ -1,12 +1,14 @@
-"""Hourly usage aggregates, maintained by the usage writer in the same transaction as the rows.
+"""Hourly and daily usage aggregates, maintained by the usage writer in the same transaction as the rows.
 
 ``add_rows`` is a ``proxy.usage.batch_hooks`` entry: the writer thread calls it with every
 batch it writes, inside the batch's transaction, so a batch's rows and its aggregates commit
-or roll back together. Rows are summed in memory per (hour, dimensions) and upserted with one
-``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x`` (PostgreSQL and SQLite alike), in a
-fixed order so two router processes updating the same hours cannot deadlock.
+or roll back together. Rows are summed in memory per (hour, dimensions), those sums per
+(day, dimensions), and each set is upserted with ``INSERT … ON CONFLICT DO UPDATE SET
+x = x + excluded.x`` (PostgreSQL and SQLite alike), hourly table first, each in a fixed order,
+so two router processes updating the same hours cannot deadlock.
 
-``rebuild`` recomputes whole hours from the raw rows (``manage.py rebuild_rollups``).
+``rebuild`` recomputes whole hours from the raw rows and the days they fall in from those
+hours (``manage.py rebuild_rollups``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, F, FloatField, IntegerField, Q, Sum, Value, When
-from django.db.models.functions import Coalesce, TruncHour
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
-from .models import BUCKETS_MS, DIMENSIONS, LATENCY_BUCKETS, SUMS, TTFB_BUCKETS, UsageHourly
+from . import models as m
+from .models import BUCKETS_MS, DIMENSIONS, LATENCY_BUCKETS, SUMS, TTFB_BUCKETS, UsageDaily, UsageHourly
 
-_COLUMNS = (*DIMENSIONS, *SUMS, *LATENCY_BUCKETS, *TTFB_BUCKETS)
-_MEASURES = _COLUMNS[len(DIMENSIONS):]
-_UPSERT_ROWS = 200  # rows per statement: 50 parameters each stays under SQLite's variable limit
+_UPSERT_ROWS = 200  # rows per statement: 51 parameters each stays under SQLite's variable limit
 _FINITE_BOUNDS = BUCKETS_MS[:-1]
 
 
@@ -50,6 +51,15 @@ def _hour(value: Any) -> dt.datetime:
     return value.replace(minute=0, second=0, microsecond=0)
 
 
+def _day(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_day(value: dt.datetime) -> dt.datetime:
+    day = _day(value)
+    return day if day == value else day + dt.timedelta(days=1)
+
+
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
     """Sum usage rows (the writer's dicts) per (hour, dimensions)."""
     writes = cache_write_fields()
@@ -61,7 +71,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
                row.get("provider") or "", row.get("endpoint") or "", status_class(int(row.get("status") or 0)))
         acc = groups.get(key)
         if acc is None:
-            acc = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0, 0.0, 0] + [0] * (2 * n_buckets)
+            acc = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0, 0.0, 0, 0] + [0] * (2 * n_buckets)
         cost = row.get("cost_usd")
         ttfb = row.get("ttfb_ms")
         latency = float(row.get("latency_ms") or 0.0)
@@ -73,6 +83,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
         acc[5] += sum(int(row.get(name) or 0) for name in writes)
         acc[6] += int(row.get("completion_tokens") or 0)
         acc[7] += int(row.get("reasoning_tokens") or 0)
+        acc[13] += int(row.get("images") or 0)
         if cost is not None:
             acc[8] += 1
             acc[9] += Decimal(cost)
@@ -85,23 +96,39 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
     return groups
 
 
+def by_day(groups: dict[tuple, list]) -> dict[tuple, list]:
+    """``summarize``'s hourly sums summed again per (day, dimensions)."""
+    days: dict[tuple, list] = {}
+    for (hour, *rest), sums in groups.items():
+        key = (_day(hour), *rest)
+        acc = days.get(key)
+        if acc is None:
+            days[key] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                acc[i] += value
+    return days
+
+
 def add_rows(rows: Sequence[dict[str, Any]]) -> None:
-    """``proxy.usage`` batch hook: fold a written batch into the hourly table (same transaction)."""
+    """``proxy.usage`` batch hook: fold a written batch into the hourly and daily tables (same transaction)."""
     from . import retention
 
     retention.ensure_started()
     groups = summarize(rows)
     if groups:
         upsert(groups)
+        upsert(by_day(groups), UsageDaily)
 
 
-def upsert(groups: dict[tuple, list]) -> None:
-    table = connection.ops.quote_name(UsageHourly._meta.db_table)
-    fields = [UsageHourly._meta.get_field(name) for name in _COLUMNS]
+def upsert(groups: dict[tuple, list], model: type = UsageHourly) -> None:
+    dimensions = DIMENSIONS if model is UsageHourly else m.DAILY_DIMENSIONS
+    table = connection.ops.quote_name(model._meta.db_table)
+    fields = [model._meta.get_field(name) for name in (*dimensions, *m.MEASURES)]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    conflict = ", ".join(connection.ops.quote_name(name) for name in DIMENSIONS)
+    conflict = ", ".join(connection.ops.quote_name(name) for name in dimensions)
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}"
-                        for c in (connection.ops.quote_name(name) for name in _MEASURES))
+                        for c in (connection.ops.quote_name(name) for name in m.MEASURES))
     placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
     items = sorted(groups.items(), key=lambda item: item[0])  # one lock order for every process
     with connection.cursor() as cursor:
@@ -134,7 +161,8 @@ def _bucket_sums(field: str, prefix: str) -> dict[str, Sum]:
 
 
 def rebuild(since: dt.datetime | None = None, until: dt.datetime | None = None) -> int:
-    """Recompute the hours in [since, until) from the raw rows; returns the rollup rows written.
+    """Recompute the hours in [since, until) from the raw rows, then the days holding them from the
+    hours; returns the hourly rows written.
 
     ``until`` defaults to the start of the current hour: the writer is still adding to that one.
     """
@@ -159,6 +187,7 @@ def rebuild(since: dt.datetime | None = None, until: dt.datetime | None = None) 
             prompt=Sum("prompt_tokens"), cached=Sum("cached_tokens"),
             writes=Sum(sum((F(name) for name in writes), zero)) if writes else Sum(zero),
             completion=Sum("completion_tokens"), reasoning=Sum("reasoning_tokens"),
+            images_n=Sum("images") if _has_field("images") else Sum(zero),
             priced=Count("cost_usd") if _has_field("cost_usd") else Count(None),
             cost=Sum("cost_usd") if _has_field("cost_usd") else Sum(zero),
             latency=Coalesce(Sum("latency_ms"), 0.0, output_field=FloatField()),
@@ -167,10 +196,8 @@ def rebuild(since: dt.datetime | None = None, until: dt.datetime | None = None) 
         )
         .order_by()
     )
-    written = 0
-    with transaction.atomic():
-        hourly.delete()
-        batch: list[UsageHourly] = []
+
+    def items():
         for g in grouped.iterator(chunk_size=2000):
             item = UsageHourly(
                 hour=g["hour"], key_id=g["key_id"], team_id=g.get("team_id") or "",
@@ -180,19 +207,54 @@ def rebuild(since: dt.datetime | None = None, until: dt.datetime | None = None) 
                 client_closed=g["client_closed_n"] or 0, prompt_tokens=g["prompt"] or 0,
                 cached_tokens=g["cached"] or 0, cache_write_tokens=g["writes"] or 0,
                 completion_tokens=g["completion"] or 0, reasoning_tokens=g["reasoning"] or 0,
-                priced_requests=g["priced"] or 0, cost_usd=g["cost"] or 0, latency_ms_sum=g["latency"],
-                ttfb_ms_sum=g["ttfb"], ttfb_count=g["ttfb_n"])
+                images=g["images_n"] or 0, priced_requests=g["priced"] or 0, cost_usd=g["cost"] or 0,
+                latency_ms_sum=g["latency"], ttfb_ms_sum=g["ttfb"], ttfb_count=g["ttfb_n"])
             for i in range(len(BUCKETS_MS)):
                 setattr(item, LATENCY_BUCKETS[i], g[f"l{i}"] or 0)
                 setattr(item, TTFB_BUCKETS[i], g[f"t{i}"] or 0)
-            batch.append(item)
-            if len(batch) >= 1000:
-                UsageHourly.objects.bulk_create(batch)
-                written += len(batch)
-                batch = []
-        UsageHourly.objects.bulk_create(batch)
-        written += len(batch)
+            yield item
+
+    with transaction.atomic():
+        hourly.delete()
+        written = _bulk_create(UsageHourly, items())
+        rebuild_days(since, until)
     return written
+
+
+def rebuild_days(since: dt.datetime | None = None, until: dt.datetime | None = None,
+                 hourly: type = UsageHourly, daily: type = UsageDaily) -> int:
+    """Recompute the daily rollups of the UTC days touching [since, until) from the hourly ones.
+
+    On PostgreSQL the daily table is locked against writes until the caller's transaction ends, so
+    a batch the writer commits meanwhile lands either in the hours summed here or on top of them.
+    """
+    end = _next_day(until or dt.datetime.now(dt.UTC))
+    days, hours = daily.objects.filter(day__lt=end), hourly.objects.filter(hour__lt=end)
+    if since is not None:
+        days, hours = days.filter(day__gte=_day(since)), hours.filter(hour__gte=_day(since))
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"LOCK TABLE {connection.ops.quote_name(daily._meta.db_table)} IN EXCLUSIVE MODE")
+        days.delete()
+        grouped = (hours.annotate(d=TruncDay("hour", tzinfo=dt.UTC)).values("d", *m.GROUPS)
+                   .annotate(**{f"s_{name}": Sum(name) for name in m.MEASURES}).order_by())
+        return _bulk_create(daily, (
+            daily(day=g["d"], **{name: g[name] for name in m.GROUPS}, **{name: g[f"s_{name}"] for name in m.MEASURES})
+            for g in grouped.iterator(chunk_size=2000)))
+
+
+def _bulk_create(model: type, items: Iterable) -> int:
+    written = 0
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= 1000:
+            model.objects.bulk_create(batch)
+            written += len(batch)
+            batch = []
+    model.objects.bulk_create(batch)
+    return written + len(batch)
 
 
 def _has_field(name: str) -> bool:

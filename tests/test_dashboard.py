@@ -13,7 +13,7 @@ from django.db.models import Count, Sum
 from django.test.utils import CaptureQueriesContext
 
 from observability import dashboard, rollups
-from observability.models import BUCKETS_MS, UsageHourly
+from observability.models import BUCKETS_MS, GROUPS, MEASURES, UsageDaily, UsageHourly
 from proxy import usage
 from proxy.models import UsageRecord
 
@@ -42,6 +42,7 @@ def make_rows(n: int, seed: int = 7) -> list[dict]:
             "ttfb_ms": ttfb, "latency_ms": (ttfb or 0) + rng.uniform(1, 20000), "client_closed": rng.random() < 0.05,
             "cost_usd": None if model.startswith("gemini") else Decimal(rng.randrange(0, 10**6)) / 10**8,
             "cache_write_5m_tokens": rng.randrange(0, 30), "cache_write_1h_tokens": rng.randrange(0, 5),
+            "images": rng.choice((0, 0, 0, 1, 4)), "team_id": rng.choice(("", "t1")),
         })
     return rows
 
@@ -86,12 +87,63 @@ def test_writer_keeps_rollups_equal_to_the_raw_rows(written):
     assert ttfb == sum(1 for r in written if r["ttfb_ms"] is not None)
 
 
+def raw_by_day_and_key(**filters) -> dict:
+    from django.db.models.functions import TruncDay
+
+    out = {}
+    for r in (UsageRecord.objects.filter(**filters).annotate(d=TruncDay("created_at", tzinfo=dt.UTC))
+              .values("d", "key_id").annotate(n=Count("id"), p=Sum("prompt_tokens"), i=Sum("images"),
+                                              cost=Sum("cost_usd"), lat=Sum("latency_ms"))):
+        out[(r["d"], r["key_id"])] = (r["n"], r["p"], r["i"], r["cost"] or 0, round(r["lat"], 3))
+    return out
+
+
+def daily_by_day_and_key() -> dict:
+    out = {}
+    for r in (UsageDaily.objects.values("day", "key_id").annotate(
+            n=Sum("requests"), p=Sum("prompt_tokens"), i=Sum("images"), cost=Sum("cost_usd"),
+            lat=Sum("latency_ms_sum"))):
+        out[(r["day"], r["key_id"])] = (r["n"], r["p"], r["i"], r["cost"], round(r["lat"], 3))
+    return out
+
+
+def test_writer_keeps_daily_rollups_equal_to_the_raw_rows(written):
+    days = {r["created_at"].date() for r in written}
+    assert len(days) == 2, "the rows span midnight"  # NOW - 30 h .. NOW
+    assert daily_by_day_and_key() == raw_by_day_and_key()
+    assert sum(r["images"] for r in written) == UsageDaily.objects.aggregate(n=Sum("images"))["n"] == (
+        UsageHourly.objects.aggregate(n=Sum("images"))["n"]) > 0
+    # every measure of a day is the sum of its hours
+    hours = {}
+    for h in UsageHourly.objects.all():
+        key = (h.hour.replace(hour=0), *(getattr(h, g) for g in GROUPS))
+        hours[key] = [a + getattr(h, name) for a, name in zip(hours.get(key, [0] * len(MEASURES)), MEASURES,
+                                                               strict=True)]
+    days_ = {(d.day, *(getattr(d, g) for g in GROUPS)): [getattr(d, name) for name in MEASURES]
+             for d in UsageDaily.objects.all()}
+    assert days_.keys() == hours.keys()
+    for key, sums in days_.items():
+        assert sums == pytest.approx(hours[key]), key
+
+
 def test_rebuild_from_raw_rows_gives_the_same_rollups(written):
-    incremental = sorted(UsageHourly.objects.values_list(*rollups.DIMENSIONS, "requests", "prompt_tokens", "lat_3"))
+    incremental = sorted(UsageHourly.objects.values_list(*rollups.DIMENSIONS, "requests", "prompt_tokens", "lat_3",
+                                                         "images"))
+    daily = sorted(UsageDaily.objects.values_list("day", *GROUPS, "requests", "prompt_tokens", "ttfb_5", "images"))
     UsageHourly.objects.all().delete()
+    UsageDaily.objects.update(requests=0, images=0)  # wrong figures a rebuild must replace
+    UsageDaily.objects.create(day=NOW.replace(hour=0, minute=0) - dt.timedelta(days=1), key_id="stale",
+                              status_class="2xx", requests=5)
     rollups.rebuild(until=NOW + dt.timedelta(hours=1))
-    rebuilt = sorted(UsageHourly.objects.values_list(*rollups.DIMENSIONS, "requests", "prompt_tokens", "lat_3"))
+    rebuilt = sorted(UsageHourly.objects.values_list(*rollups.DIMENSIONS, "requests", "prompt_tokens", "lat_3",
+                                                     "images"))
     assert rebuilt == incremental
+    assert sorted(UsageDaily.objects.values_list("day", *GROUPS, "requests", "prompt_tokens", "ttfb_5",
+                                                 "images")) == daily
+    # a partial rebuild (the last hours only) keeps the days equal to the raw rows too
+    UsageHourly.objects.filter(hour__gte=NOW - dt.timedelta(hours=3)).delete()
+    rollups.rebuild(since=NOW - dt.timedelta(hours=3), until=NOW + dt.timedelta(hours=1))
+    assert daily_by_day_and_key() == raw_by_day_and_key()
 
 
 def test_dashboard_figures_equal_sql_over_raw_rows(written):
@@ -126,6 +178,37 @@ def test_dashboard_figures_equal_sql_over_raw_rows(written):
     assert sum(f["requests"] for f in per_hour.values()) == totals["requests"]
 
 
+@pytest.mark.parametrize("period", ["7d", "30d", "custom"])
+def test_long_periods_read_whole_days_and_equal_sql_over_raw_rows(written, period):
+    query = {"period": period, "start": (NOW - dt.timedelta(days=3)).date().isoformat(),
+             "end": NOW.date().isoformat()}
+    window = dashboard.Window.from_query(query, now=NOW)
+    assert window.step == dashboard.DAY
+    tables = [segment.rows.model for segment in dashboard.segments(window)]
+    assert UsageDaily in tables
+    if period != "custom":  # the window starts and ends inside a day: its edges come from the hours
+        assert tables.count(UsageHourly) == 2
+    raw = UsageRecord.objects.filter(created_at__gte=window.start, created_at__lt=window.end)
+    totals, per_day = dashboard.summary(window)
+    assert totals["requests"] == raw.count() == len(written)
+    sums = raw.aggregate(p=Sum("prompt_tokens"), i=Sum("images"), cost=Sum("cost_usd"))
+    assert (totals["tokens"]["input"], totals["images"]) == (sums["p"], sums["i"])
+    assert totals["cost"] == pytest.approx(sums["cost"], abs=Decimal("1e-9"))
+    assert totals["by_class"]["5xx"] == raw.filter(status__gte=500).count()
+    assert {day: f["requests"] for day, f in per_day.items()} == {
+        day: sum(n for (d, _key), (n, *_rest) in raw_by_day_and_key().items() if d == day)
+        for day in {d for d, _key in raw_by_day_and_key()}}
+    assert set(per_day) <= set(window.points()) and window.points()[0].hour == 0
+    latencies = sorted(raw.values_list("latency_ms", flat=True))
+    assert rollups.bucket(totals["latency_p95"]) == rollups.bucket(latencies[int(0.95 * len(latencies)) - 1])
+    for dimension in ("key_id", "credential"):
+        expected = list(raw.values(dimension).annotate(n=Count("id")).order_by("-n", dimension)
+                        .values_list(dimension, "n"))
+        assert [(t["name"], t["requests"]) for t in dashboard.top(window, dimension)] == expected
+    key = dashboard.Window.from_query({**query, "key": "k1"}, now=NOW)
+    assert dashboard.totals(key)["requests"] == raw.filter(key_id="k1").count()
+
+
 def test_dashboard_reads_only_rollups(written, admin_client):
     with CaptureQueriesContext(connection) as queries:
         res = admin_client.get("/admin/observability/dashboard/?period=7d")
@@ -134,6 +217,7 @@ def test_dashboard_reads_only_rollups(written, admin_client):
     html = res.content.decode()
     assert html.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == 6 and 'class="series"' in html
     assert f'id="total-requests">{UsageRecord.objects.count()}<' in html
+    assert f'id="total-images">{sum(r["images"] for r in written)}<' in html
 
 
 def test_percentile_interpolates_within_buckets():
@@ -152,8 +236,14 @@ def test_explorer_filters_search_and_date_hierarchy(written, admin_client):
     expected = UsageRecord.objects.filter(status__gte=500, requested_model="gpt-4o").count()
     assert res.context["cl"].result_count == expected
     one = written[17]["request_id"]
-    res = admin_client.get(url, {"q": one})
+    with CaptureQueriesContext(connection) as queries:
+        res = admin_client.get(url, {"q": f" {one} "})
     assert res.context["cl"].result_count == 1 and one in res.content.decode()
+    searched = [q["sql"] for q in queries if "request_id" in q["sql"] and one in q["sql"]]
+    assert searched and not [s for s in searched if "UPPER" in s.upper() or "LIKE" in s.upper()]  # on its index
+    assert admin_client.get(url, {"q": one.upper()}).context["cl"].result_count == 0  # ids are exact
+    res = admin_client.get(url, {"team_id": "t1"})
+    assert res.context["cl"].result_count == UsageRecord.objects.filter(team_id="t1").count() > 0
     res = admin_client.get(url, {"created_at__year": NOW.year, "created_at__month": NOW.month})
     html = res.content.decode()
     assert res.status_code == 200 and 'id="date-hierarchy-label"' in html
