@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -169,49 +170,80 @@ FROM generate_series(1::bigint, {rows}) AS g
 """
 
 
-def pages(rows: int) -> dict[str, float]:
+def pages(rows: int, reuse: bool = False) -> dict[str, tuple[float, int]]:
+    """Median ms and SQL queries of each admin page, and the CSV export's time and memory."""
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     from observability import rollups
+    from observability.models import UsageDaily, UsageHourly
     from proxy.models import UsageRecord
 
     call_command("migrate", verbosity=0)
     columns = {f.column for f in UsageRecord._meta.concrete_fields}
     generated = {"team_id": "'team' || (g % 5)", "cache_write_5m_tokens": "(g * 3) % 100",
-                 "cache_write_1h_tokens": "(g * 5) % 7", "images": "0",
+                 "cache_write_1h_tokens": "(g * 5) % 7", "images": "CASE WHEN g % 500 = 1 THEN 1 + g % 3 ELSE 0 END",
                  "cost_usd": "CASE WHEN g % 6 = 3 THEN NULL ELSE ((g * 7919) % 6000) * 0.0000025 END"}
     extra = {c: sql for c, sql in generated.items() if c in columns}
-    started = time.monotonic()
-    with connection.cursor() as cursor:
-        cursor.execute(SEED_SQL.format(
-            rows=rows, extra_columns="".join(f", {c}" for c in extra),
-            extra_values="".join(f", {sql}" for sql in extra.values())))
-        cursor.execute("ANALYZE proxy_usagerecord")
-    seeded = time.monotonic() - started
-    started = time.monotonic()
-    rollups.rebuild(until=None)
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE observability_usagehourly")
-    rebuilt = time.monotonic() - started
-    print(f"seeded {UsageRecord.objects.count():,} rows in {seeded:.0f} s; rollups rebuilt in {rebuilt:.0f} s",
-          flush=True)
-    user = get_user_model().objects.create_superuser("bench", "bench@example.com", "bench-pass")
+    seeded = not reuse or UsageRecord.objects.count() != rows
+    if seeded:
+        UsageRecord.objects.all().delete()
+        started = time.monotonic()
+        with connection.cursor() as cursor:
+            cursor.execute(SEED_SQL.format(
+                rows=rows, extra_columns="".join(f", {c}" for c in extra),
+                extra_values="".join(f", {sql}" for sql in extra.values())))
+        print(f"seeded {rows:,} rows in {time.monotonic() - started:.0f} s", flush=True)
+        _vacuum("proxy_usagerecord")  # what autovacuum does after a bulk insert (visibility map, statistics)
+    if seeded or not (UsageHourly.objects.exists() and UsageDaily.objects.exists()):
+        started = time.monotonic()
+        rollups.rebuild(until=None)
+        print(f"rollups rebuilt from {rows:,} rows in {time.monotonic() - started:.0f} s", flush=True)
+        _vacuum(UsageHourly._meta.db_table, UsageDaily._meta.db_table)
+    user = (get_user_model().objects.filter(username="bench").first()
+            or get_user_model().objects.create_superuser("bench", "bench@example.com", "bench-pass"))
     client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     probe = UsageRecord.objects.order_by("-id").values_list("request_id", flat=True).first()
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    two_weeks_ago = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 14 * 86400))
+    day = time.gmtime(time.time() - 86400)
+    dash, usage = "/admin/observability/dashboard/", "/admin/proxy/usagerecord/"
     cases = {
-        "dashboard, 24 h": "/admin/observability/dashboard/?period=24h",
-        "dashboard, 30 days": "/admin/observability/dashboard/?period=30d",
-        "dashboard, 30 days, one model": "/admin/observability/dashboard/?period=30d&model=gpt-4o",
-        "usage list, first page": "/admin/proxy/usagerecord/",
-        "usage list, model + 5xx filter": "/admin/proxy/usagerecord/?requested_model=gpt-4o&status_class=5xx",
-        "usage list, last hour": "/admin/proxy/usagerecord/?since=1h",
-        "usage list, search request id": f"/admin/proxy/usagerecord/?q={probe}",
+        "dashboard, last hour": f"{dash}?period=1h",
+        "dashboard, 24 h": f"{dash}?period=24h",
+        "dashboard, 24 h, one key": f"{dash}?period=24h&key=key7",
+        "dashboard, 7 days": f"{dash}?period=7d",
+        "dashboard, 7 days, one credential": f"{dash}?period=7d&credential=anthropic_main",
+        "dashboard, 30 days": f"{dash}?period=30d",
+        "dashboard, 30 days, one model": f"{dash}?period=30d&model=gpt-4o",
+        "dashboard, 30 days, one team": f"{dash}?period=30d&team=team3",
+        "dashboard, custom 14 days": f"{dash}?period=custom&start={two_weeks_ago}&end={today}",
+        "usage list, first page": usage,
+        "usage list, page 20": f"{usage}?p=20",
+        "usage list, last hour": f"{usage}?since=1h",
+        "usage list, last 7 days": f"{usage}?since=7d",
+        "usage list, one day (date hierarchy)": f"{usage}?created_at__year={day.tm_year}&created_at__month="
+                                                f"{day.tm_mon}&created_at__day={day.tm_mday}",
+        "usage list, key": f"{usage}?key_id=key7",
+        "usage list, team": f"{usage}?team_id=team3",
+        "usage list, public model": f"{usage}?requested_model=gpt-4o",
+        "usage list, upstream model": f"{usage}?resolved_model=gemini-2.5-pro",
+        "usage list, credential": f"{usage}?credential=anthropic_main",
+        "usage list, provider": f"{usage}?provider=vertex-ai",
+        "usage list, endpoint": f"{usage}?endpoint=embeddings",
+        "usage list, 5xx": f"{usage}?status_class=5xx",
+        "usage list, 4xx, last 24 h": f"{usage}?status_class=4xx&since=24h",
+        "usage list, model + 5xx": f"{usage}?requested_model=gpt-4o&status_class=5xx",
+        "usage list, key + credential + 2xx": f"{usage}?key_id=key7&credential=openai_main&status_class=2xx",
+        "usage list, streams": f"{usage}?stream__exact=1",
+        "usage list, client closed": f"{usage}?client_closed__exact=1",
+        "usage list, search request id": f"{usage}?q={probe}",
     }
-    out = {}
+    out: dict[str, tuple[float, int]] = {}
     for name, url in cases.items():
         client.get(url)
         times = []
@@ -220,14 +252,27 @@ def pages(rows: int) -> dict[str, float]:
             res = client.get(url)
             times.append((time.perf_counter() - start) * 1000)
             assert res.status_code == 200, (url, res.status_code)
-        out[name] = statistics.median(times)
+        with CaptureQueriesContext(connection) as queries:
+            client.get(url)
+        out[name] = (statistics.median(times), len(queries))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    res = client.get("/admin/proxy/usagerecord/export.csv?since=24h")
+    res = client.get(f"{usage}export.csv?since=24h")
     lines = 0
     for chunk in res.streaming_content:
         lines += chunk.count(b"\n")
-    out[f"CSV export, last 24 h ({lines - 1:,} rows)"] = (time.perf_counter() - start) * 1000
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+    out[f"CSV export, last 24 h ({lines - 1:,} rows; peak memory +{grown:.0f} MB)"] = (
+        (time.perf_counter() - start) * 1000, 0)
     return out
+
+
+def _vacuum(*tables: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"VACUUM ANALYZE {table}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,10 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--hooks-only", action="store_true")
     parser.add_argument("--iterations", type=int, default=20_000)
+    parser.add_argument("--database-url", help="use and keep this PostgreSQL database (seeded only when it does "
+                                               "not hold --rows usage rows) instead of a throwaway one")
     args = parser.parse_args(argv)
 
-    name = database_url = None
-    if not args.hooks_only:
+    name, database_url = None, args.database_url
+    if not args.hooks_only and not database_url:
         name, database_url = _database(DEFAULT_POSTGRES)
         _psql(DEFAULT_POSTGRES, f"CREATE DATABASE {name}")
     try:
@@ -250,10 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  tracing on:  +{costs['tracing']:.1f}  (target ≤ 50); with the background export: "
               f"+{costs['tracing_process']:.1f}")
         if not args.hooks_only:
-            timings = pages(args.rows)
-            print(f"\nAdmin pages with {args.rows:,} usage rows (median of 5, ms; dashboard target < 300):")
-            for case, ms in timings.items():
-                print(f"  {case:<45} {ms:8.1f}")
+            timings = pages(args.rows, reuse=bool(args.database_url))
+            print(f"\nAdmin pages with {args.rows:,} usage rows (median of 5, ms; target < 300; SQL queries):")
+            for case, (ms, queries) in timings.items():
+                print(f"  {case:<45} {ms:8.1f}" + (f"  ({queries} queries)" if queries else ""))
     finally:
         if name:
             from django.db import connections

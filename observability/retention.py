@@ -1,5 +1,6 @@
-"""Retention: raw usage rows older than ``ROUTER_USAGE_RETENTION_DAYS`` and hourly rollups older
-than ``ROUTER_ROLLUP_RETENTION_DAYS`` are deleted (0 keeps them forever).
+"""Retention: raw usage rows older than ``ROUTER_USAGE_RETENTION_DAYS`` and hourly and daily rollups
+older than ``ROUTER_ROLLUP_RETENTION_DAYS`` are deleted (0 keeps them forever; a day goes once it
+is wholly past the cutoff).
 
 Deletes go in small batches by the ``created_at`` index (one short transaction each), so the
 writer and the admin never wait behind a long lock. A daemon thread in each serving process
@@ -39,14 +40,17 @@ def prune(now: dt.datetime | None = None) -> tuple[int, int]:
     """(raw rows, rollup rows) deleted."""
     from proxy.models import UsageRecord
 
-    from .models import UsageHourly
+    from .models import UsageDaily, UsageHourly
 
     now = now or dt.datetime.now(dt.UTC)
     raw = rolled = 0
     if settings.ROUTER_USAGE_RETENTION_DAYS > 0:
         raw = _delete_older(UsageRecord, "created_at", now - dt.timedelta(days=settings.ROUTER_USAGE_RETENTION_DAYS))
     if settings.ROUTER_ROLLUP_RETENTION_DAYS > 0:
-        rolled = _delete_older(UsageHourly, "hour", now - dt.timedelta(days=settings.ROUTER_ROLLUP_RETENTION_DAYS))
+        cutoff = now - dt.timedelta(days=settings.ROUTER_ROLLUP_RETENTION_DAYS)
+        rolled = _delete_older(UsageHourly, "hour", cutoff)
+        rolled += _delete_older(UsageDaily, "day", cutoff.astimezone(dt.UTC).replace(hour=0, minute=0, second=0,
+                                                                                     microsecond=0))
     if raw or rolled:
         log.info("retention: deleted %d usage rows and %d hourly rollups", raw, rolled)
     return raw, rolled

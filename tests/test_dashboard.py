@@ -283,8 +283,13 @@ def test_retention_prunes_old_rows_in_batches(written, settings, monkeypatch):
     cutoff = NOW - dt.timedelta(days=1)
     old = UsageRecord.objects.filter(created_at__lt=cutoff).count()
     old_hours = UsageHourly.objects.filter(hour__lt=cutoff).count()
-    assert old and old_hours
-    assert retention.prune(now=NOW) == (old, old_hours)
+    cutoff_day = cutoff.replace(hour=0, minute=0)
+    UsageDaily.objects.create(day=cutoff_day - dt.timedelta(days=2), status_class="2xx", requests=3)
+    old_days = UsageDaily.objects.filter(day__lt=cutoff_day).count()
+    kept_days = UsageDaily.objects.filter(day__gte=cutoff_day).count()  # the cutoff's day is partly kept
+    assert old and old_hours and old_days == 1 and kept_days
+    assert retention.prune(now=NOW) == (old, old_hours + old_days)
+    assert UsageDaily.objects.count() == kept_days
     assert not UsageRecord.objects.filter(created_at__lt=cutoff).exists()
     assert UsageRecord.objects.count() == len(written) - old
 
