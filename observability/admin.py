@@ -2,8 +2,9 @@
 
 Both are built for tens of millions of usage rows: the explorer never counts the whole table
 (PostgreSQL's planner estimate past ``EXACT_COUNT_LIMIT``), offers filter values from the
-hourly rollups instead of ``DISTINCT`` over raw rows, builds its date hierarchy from the
-rollups too, and filters on indexed columns; the dashboard reads only the rollups.
+daily rollups (one query for every filter) instead of ``DISTINCT`` over raw rows, builds its
+date hierarchy from them too, and filters on (value, time) indexes; the dashboard reads only
+the rollups.
 """
 
 from __future__ import annotations
@@ -28,23 +29,29 @@ from proxy.models import UsageRecord
 from . import charts, dashboard
 from .models import Dashboard, UsageDaily
 
-EXACT_COUNT_LIMIT = 100_000
+EXACT_COUNT_LIMIT = 10_000
 
 
 class EstimatedCountPaginator(Paginator):
-    """Exact counts for small results; the planner's estimate for large ones (no ``COUNT(*)`` over millions)."""
+    """Exact counts for small results; the planner's estimate for large ones (no ``COUNT(*)`` over millions).
+
+    The exact count is capped (``COUNT`` over at most ``EXACT_COUNT_LIMIT + 1`` rows), so an estimate
+    that was too low costs no more than counting that many rows.
+    """
 
     @cached_property
     def count(self) -> int:
-        if connection.vendor == "postgresql":
-            sql, params = self.object_list.query.sql_with_params()
-            with connection.cursor() as cursor:
-                cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-                plan = cursor.fetchone()[0]
-            estimate = int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
-            if estimate > EXACT_COUNT_LIMIT:
-                return estimate
-        return super().count
+        if connection.vendor != "postgresql":
+            return super().count
+        sql, params = self.object_list.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            plan = cursor.fetchone()[0]
+        estimate = int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+        if estimate > EXACT_COUNT_LIMIT:
+            return estimate
+        counted = self.object_list.order_by()[:EXACT_COUNT_LIMIT + 1].count()
+        return counted if counted <= EXACT_COUNT_LIMIT else max(estimate, counted)
 
 
 class _RollupValues(admin.SimpleListFilter):
@@ -53,13 +60,29 @@ class _RollupValues(admin.SimpleListFilter):
     column = ""
 
     def lookups(self, request, model_admin):
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=31)
-        values = (UsageDaily.objects.filter(day__gte=since).values_list(self.column, flat=True)
-                  .distinct().order_by(self.column))
-        return [(v, v) for v in values[:200] if v]
+        return [(v, v) for v in _seen(request)[self.column][:200]]
 
     def queryset(self, request, queryset):
         return queryset.filter(**{self.column: self.value()}) if self.value() else queryset
+
+
+ROLLUP_FILTERS = {"key_id": "key", "team_id": "team", "requested_model": "public model",
+                  "resolved_model": "upstream model", "credential": "credential", "provider": "provider",
+                  "endpoint": "endpoint"}
+
+
+def _seen(request: HttpRequest) -> dict[str, list[str]]:
+    """Every filter's choices from one pass over the daily rollups, once per request."""
+    seen = getattr(request, "_usage_filter_choices", None)
+    if seen is None:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=31)
+        values: dict[str, set[str]] = {column: set() for column in ROLLUP_FILTERS}
+        for row in UsageDaily.objects.filter(day__gte=since).values_list(*ROLLUP_FILTERS).distinct().order_by():
+            for column, value in zip(ROLLUP_FILTERS, row, strict=True):
+                if value:
+                    values[column].add(value)
+        seen = request._usage_filter_choices = {column: sorted(v) for column, v in values.items()}
+    return seen
 
 
 def _rollup_filter(column: str, title: str) -> type[_RollupValues]:
@@ -122,18 +145,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "request_id", "key_id", "endpoint", "requested_model", "resolved_model",
                     "credential", "status", "stream", "prompt_tokens", "completion_tokens", "latency")
-    list_filter = (TimeRangeFilter, StatusClassFilter, _rollup_filter("key_id", "key"),
-                   _rollup_filter("team_id", "team"),
-                   _rollup_filter("requested_model", "public model"),
-                   _rollup_filter("resolved_model", "upstream model"), _rollup_filter("credential", "credential"),
-                   _rollup_filter("provider", "provider"), _rollup_filter("endpoint", "endpoint"),
+    list_filter = (TimeRangeFilter, StatusClassFilter,
+                   *(_rollup_filter(column, title) for column, title in ROLLUP_FILTERS.items()),
                    "stream", "client_closed")
     search_fields = ("request_id",)  # matched exactly, on its index (get_search_results)
     search_help_text = "Exact request id (the x-request-id header), e.g. req_0123abcd…"
     date_hierarchy = "created_at"
     show_full_result_count = False
     paginator = EstimatedCountPaginator
-    list_per_page = 100
+    list_per_page = 50  # rendering the rows is most of the page's time
     change_list_template = "admin/observability/usagerecord_change_list.html"
 
     def get_search_results(self, request, queryset, search_term):
@@ -215,9 +235,7 @@ class DashboardAdmin(ReadOnlyAdmin):
             "error_rate": _percent(totals["error_rate"]),
             "latency": {k: _ms(totals[k]) for k in ("latency_p50", "latency_p95", "ttfb_p50", "ttfb_p95")},
             "graphs": graphs,
-            "tops": [(title, dashboard.top(window, column)) for title, column in (
-                ("Models", "requested_model"), ("Credentials", "credential"), ("Keys", "key_id"),
-                ("Teams", "team_id"))],
+            "tops": [(dashboard.TOPS[column], entries) for column, entries in dashboard.tops(window).items()],
             **_routing_state(),
             **(extra_context or {}),
         }

@@ -186,8 +186,8 @@ def test_long_periods_read_whole_days_and_equal_sql_over_raw_rows(written, perio
     assert window.step == dashboard.DAY
     tables = [segment.rows.model for segment in dashboard.segments(window)]
     assert UsageDaily in tables
-    if period != "custom":  # the window starts and ends inside a day: its edges come from the hours
-        assert tables.count(UsageHourly) == 2
+    # the window starts and ends inside a day: both edges come from the hours, in one query
+    assert tables == ([UsageDaily] if period == "custom" else [UsageDaily, UsageHourly])
     raw = UsageRecord.objects.filter(created_at__gte=window.start, created_at__lt=window.end)
     totals, per_day = dashboard.summary(window)
     assert totals["requests"] == raw.count() == len(written)
@@ -272,6 +272,12 @@ def test_explorer_uses_the_planner_estimate_past_the_limit(written, admin_client
     sql = [q["sql"] for q in queries]
     assert any(s.startswith("EXPLAIN") for s in sql)
     assert not any("COUNT(" in s.upper() and UsageRecord._meta.db_table in s for s in sql)
+    assert res.context["cl"].result_count > 10
+    # a small estimate is counted exactly, but never past the limit (a low estimate stays cheap)
+    with CaptureQueriesContext(connection) as queries:
+        res = admin_client.get("/admin/proxy/usagerecord/", {"q": written[3]["request_id"]})
+    counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+    assert res.context["cl"].result_count == 1 and counts and all("LIMIT 11" in s for s in counts)
 
 
 def test_retention_prunes_old_rows_in_batches(written, settings, monkeypatch):
