@@ -15,7 +15,8 @@ def _when(value: str) -> dt.datetime:
 
 class Command(BaseCommand):
     help = ("Recompute the hourly usage rollups from the raw usage rows, for whole hours in [--since, --until) "
-            "(default: everything before the current hour, which the running writer is still filling).")
+            "(default: everything before the current hour, which the running writer is still filling), then the "
+            "daily rollups of the days those hours fall in.")
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--since", type=_when, help="first hour to rebuild (UTC unless an offset is given)")
@@ -23,4 +24,4 @@ class Command(BaseCommand):
 
     def handle(self, *args, since=None, until=None, **options) -> None:
         written = rollups.rebuild(since, until)
-        self.stdout.write(f"rebuilt {written} hourly rollup rows")
+        self.stdout.write(f"rebuilt {written} hourly rollup rows and the daily rollups they fall in")
