@@ -27,7 +27,7 @@ from proxy import state
 from proxy.models import UsageRecord
 
 from . import charts, dashboard
-from .models import Dashboard, UsageDaily
+from .models import Dashboard
 
 EXACT_COUNT_LIMIT = 10_000
 
@@ -75,13 +75,8 @@ def _seen(request: HttpRequest) -> dict[str, list[str]]:
     """Every filter's choices from one pass over the daily rollups, once per request."""
     seen = getattr(request, "_usage_filter_choices", None)
     if seen is None:
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=31)
-        values: dict[str, set[str]] = {column: set() for column in ROLLUP_FILTERS}
-        for row in UsageDaily.objects.filter(day__gte=since).values_list(*ROLLUP_FILTERS).distinct().order_by():
-            for column, value in zip(ROLLUP_FILTERS, row, strict=True):
-                if value:
-                    values[column].add(value)
-        seen = request._usage_filter_choices = {column: sorted(v) for column, v in values.items()}
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+        seen = request._usage_filter_choices = dashboard.seen_values(ROLLUP_FILTERS, since)
     return seen
 
 

@@ -9,7 +9,7 @@ are a few thousand rollup rows, whatever the traffic. Totals are the sum of the 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -68,7 +68,6 @@ class Window:
         return [first + i * self.step for i in range(count)]
 
 
-
 def _day(value: str | None) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC) if value else None
@@ -107,12 +106,6 @@ def segments(window: Window) -> Iterator[Segment]:
         edges |= Q(hour__gte=max(last, window.start), hour__lt=window.end)
     if edges:
         yield Segment(hourly.filter(edges), TruncDay("hour", tzinfo=dt.UTC))
-
-
-def rows(window: Window) -> QuerySet:
-    """The hourly rollup rows of the window (what every figure equals, whichever table it is read from)."""
-    qs = UsageHourly.objects.filter(hour__gte=window.start, hour__lt=window.end)
-    return qs.filter(**{FILTERS[name]: value for name, value in window.filters.items()})
 
 
 def _sums() -> dict[str, Any]:
@@ -211,15 +204,21 @@ def top(window: Window, dimension: str, n: int = TOP_N) -> list[dict[str, Any]]:
     return tops(window, n)[dimension]
 
 
-def options(window: Window) -> dict[str, list[str]]:
-    """Values the filters offer: what the daily rollups of the last 30 days contain (one pass, indexed by day)."""
-    recent = UsageDaily.objects.filter(day__gte=_midnight(window.end - dt.timedelta(days=30)))
-    values: dict[str, set[str]] = {name: set() for name in FILTERS}
-    for row in recent.values_list(*FILTERS.values()).distinct().order_by():
-        for name, value in zip(FILTERS, row, strict=True):
+def seen_values(columns: Iterable[str], since: dt.datetime) -> dict[str, list[str]]:
+    """The non-empty values of each rollup column since ``since``: one pass over the daily table."""
+    columns = tuple(columns)
+    values: dict[str, set[str]] = {column: set() for column in columns}
+    for row in UsageDaily.objects.filter(day__gte=_midnight(since)).values_list(*columns).distinct().order_by():
+        for column, value in zip(columns, row, strict=True):
             if value:
-                values[name].add(value)
-    return {name: sorted(v)[:500] for name, v in values.items()}
+                values[column].add(value)
+    return {column: sorted(found) for column, found in values.items()}
+
+
+def options(window: Window) -> dict[str, list[str]]:
+    """Values the filters offer: what the rollups of the last 30 days contain."""
+    seen = seen_values(FILTERS.values(), window.end - dt.timedelta(days=30))
+    return {name: seen[column][:500] for name, column in FILTERS.items()}
 
 
 __all__ = ["BUCKETS_MS", "PERIODS", "Window", "options", "series", "summary", "top", "tops", "totals"]
