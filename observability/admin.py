@@ -76,7 +76,8 @@ def _seen(request: HttpRequest) -> dict[str, list[str]]:
     seen = getattr(request, "_usage_filter_choices", None)
     if seen is None:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-        seen = request._usage_filter_choices = dashboard.seen_values(ROLLUP_FILTERS, since)
+        with dashboard.small_queries():
+            seen = request._usage_filter_choices = dashboard.seen_values(ROLLUP_FILTERS, since)
     return seen
 
 
@@ -196,7 +197,10 @@ class DashboardAdmin(ReadOnlyAdmin):
             raise PermissionDenied
         window = dashboard.Window.from_query(request.GET)
         points = window.points()
-        totals, per_bucket = dashboard.summary(window)
+        with dashboard.small_queries():
+            totals, per_bucket = dashboard.summary(window)
+            tops = dashboard.tops(window)
+            options = dashboard.options(window)
         empty = dashboard._figures({})
         per = "hour" if window.step == dashboard.HOUR else "day"
 
@@ -225,12 +229,12 @@ class DashboardAdmin(ReadOnlyAdmin):
             "window": window,
             "periods": [*dashboard.PERIODS, "custom"],
             "filters": [(name, values, window.filters.get(name, ""))
-                        for name, values in dashboard.options(window).items()],
+                        for name, values in options.items()],
             "totals": totals,
             "error_rate": _percent(totals["error_rate"]),
             "latency": {k: _ms(totals[k]) for k in ("latency_p50", "latency_p95", "ttfb_p50", "ttfb_p95")},
             "graphs": graphs,
-            "tops": [(dashboard.TOPS[column], entries) for column, entries in dashboard.tops(window).items()],
+            "tops": [(dashboard.TOPS[column], entries) for column, entries in tops.items()],
             **_routing_state(),
             **(extra_context or {}),
         }

@@ -178,16 +178,19 @@ def test_dashboard_figures_equal_sql_over_raw_rows(written):
     assert sum(f["requests"] for f in per_hour.values()) == totals["requests"]
 
 
-@pytest.mark.parametrize("period", ["7d", "30d", "custom"])
+@pytest.mark.parametrize("period", ["7d", "30d", "custom", "hours at both edges"])
 def test_long_periods_read_whole_days_and_equal_sql_over_raw_rows(written, period):
     query = {"period": period, "start": (NOW - dt.timedelta(days=3)).date().isoformat(),
              "end": NOW.date().isoformat()}
-    window = dashboard.Window.from_query(query, now=NOW)
+    if period == "hours at both edges":  # a window that starts and ends inside a day
+        window = dashboard.Window(NOW - dt.timedelta(days=3, hours=5), NOW + dt.timedelta(hours=1), "custom")
+    else:
+        window = dashboard.Window.from_query(query, now=NOW)
+        assert window.start.hour == window.end.hour == 0 and window.end > NOW  # whole days, today's included
     assert window.step == dashboard.DAY
     tables = [segment.rows.model for segment in dashboard.segments(window)]
-    assert UsageDaily in tables
-    # the window starts and ends inside a day: both edges come from the hours, in one query
-    assert tables == ([UsageDaily] if period == "custom" else [UsageDaily, UsageHourly])
+    # both edges of a window inside days come from the hours, in one query
+    assert tables == ([UsageDaily, UsageHourly] if period == "hours at both edges" else [UsageDaily])
     raw = UsageRecord.objects.filter(created_at__gte=window.start, created_at__lt=window.end)
     totals, per_day = dashboard.summary(window)
     assert totals["requests"] == raw.count() == len(written)
@@ -205,7 +208,7 @@ def test_long_periods_read_whole_days_and_equal_sql_over_raw_rows(written, perio
         expected = list(raw.values(dimension).annotate(n=Count("id")).order_by("-n", dimension)
                         .values_list(dimension, "n"))
         assert [(t["name"], t["requests"]) for t in dashboard.top(window, dimension)] == expected
-    key = dashboard.Window.from_query({**query, "key": "k1"}, now=NOW)
+    key = dashboard.Window(window.start, window.end, window.period, {"key": "k1"})
     assert dashboard.totals(key)["requests"] == raw.filter(key_id="k1").count()
 
 
