@@ -55,7 +55,7 @@ def peer_checks(r: Results, server: str) -> list[Check]:
         if not r.has_peer:
             return Check(name, server, "(no Portkey in this run)", goal, None)
         s = series.ratio(server, PEER, key)
-        return Check(name, server, spread(s) + "x", goal, judge(s.median))
+        return Check(name, server, spread(s, unit="x"), goal, judge(s.median))
 
     ns1, ns16, st16 = r.cell(False, 1), r.cell(False, 16), r.cell(True, 16)
     return [
@@ -124,4 +124,6 @@ def targets_table(checks: list[Check]) -> list[str]:
     head = f"{'target':<49}{'server':<12}{'measured: median (min to max over rounds)':<46}{'goal':<11}result"
     lines = [head, "-" * len(head)]
     lines += [f"{c.name:<48} {c.server:<11} {c.measured:<45} {c.goal:<10} {verdict(c.ok)}" for c in checks]
+    lines.append("(ratios: router / Portkey per round; added: minus the direct call in the same round; CPU: the "
+                 "server's whole process tree)")
     return lines

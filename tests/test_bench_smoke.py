@@ -49,7 +49,7 @@ EXPECTED_ROWS = [
 def test_smoke_run_prints_every_row(tmp_path):
     out = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--no-portkey", "--server", ",".join(SERVERS),
                           "--json", str(tmp_path / "figures.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+                         cwd=ROOT, capture_output=True, text=True, timeout=420)  # a dozen routers start
     assert out.returncode == 0, out.stdout + out.stderr
     missing = [row for row in EXPECTED_ROWS if not re.search(row, out.stdout, re.MULTILINE)]
     assert not missing, f"rows missing from the output: {missing}\n{out.stdout}\n{out.stderr}"
