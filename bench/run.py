@@ -128,7 +128,7 @@ class Setup:
     direct: Target
     routers: list[Target]  # one per server, logging on: the matrix's
     logging_off: Target
-    workers: list[tuple[Target, Target]]  # one and two workers, per server that can run several
+    doubles: list[Target]  # per server, the same router with two workers
     sqlite_on: Target
     sqlite_off: Target
     peer: Target | None
@@ -137,7 +137,7 @@ class Setup:
     @property
     def logging(self) -> list[Target]:
         """The routers logging to the main database."""
-        return list({id(t): t for t in [*self.routers, *(t for pair in self.workers for t in pair)]}.values())
+        return [*self.routers, *self.doubles]
 
     @property
     def measured(self) -> list[Target]:
@@ -157,15 +157,13 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
                        if args.redis else {})}
     off = {**env, "ROUTER_USAGE_LOGGING": "false"}
     routers = [start_router(procs, s, s, db.url, env, aliases=aliases) for s in args.servers]
-    workers = [(router, start_router(procs, f"{router.name} x2", router.name, db.url, env, workers=2, aliases=aliases))
-               for router in routers]
+    doubles = [start_router(procs, f"{s} x2", s, db.url, env, workers=2, aliases=aliases) for s in args.servers]
     logging_off = start_router(procs, "logging-off", args.servers[0], db.url, off, aliases=aliases)
     sqlite_on = start_router(procs, "sqlite-on", "daphne", sqlite.url, local, aliases=aliases)
     sqlite_off = start_router(procs, "sqlite-off", "daphne", sqlite.url, {**local, "ROUTER_USAGE_LOGGING": "false"},
                               aliases=aliases)
     peer = portkey.start(procs, upstream_port) if use_portkey(args) else None
-    everyone = list({id(t): t for t in [*routers, *(t for pair in workers for t in pair), logging_off,
-                                            sqlite_on, sqlite_off]}.values())
+    everyone = [*routers, *doubles, logging_off, sqlite_on, sqlite_off]
     for target in everyone:
         wait_serving(target, procs)
     if peer is not None:
@@ -177,7 +175,7 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     direct = direct_target(upstream_port)
     for target in [direct, *everyone, *([peer] if peer else [])]:
         check_streaming(target)
-    return Setup(direct, routers, logging_off, workers, sqlite_on, sqlite_off, peer, sqlite)
+    return Setup(direct, routers, logging_off, doubles, sqlite_on, sqlite_off, peer, sqlite)
 
 
 def settled_rows(db: Database, targets: list[Target]) -> dict[str, int]:
@@ -221,8 +219,8 @@ def run(args: argparse.Namespace) -> tuple[str, dict]:
         new_rows(db, base[0], s.logging)  # the queued rows must not be written during the matrix
         print("matrix (every round: direct, then each target in turn):", flush=True)
         cells = bench.matrix(s.measured)
-        workers = [bench.pairs(f"{one.name.split()[0]}: 1 vs 2 workers, non-stream c=16", [one, two])
-                   for one, two in s.workers]
+        workers = [bench.pairs(f"{one.name}: 1 vs 2 workers, non-stream c=16", [one, two])
+                   for one, two in zip(s.routers, s.doubles, strict=True)]
         print("slow streams ...", flush=True)
         slow = bench.slow_streams(s.measured)
         rows = new_rows(db, base[0], s.logging) | new_rows(s.sqlite, base[1], [s.sqlite_on])
