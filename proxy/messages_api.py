@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 from django.conf import settings
 
@@ -231,7 +232,7 @@ async def _provider_count(adapter: Adapter, dep: Deployment, upstream: UpstreamR
             response = await adapter.send(upstream, headers)
             raw = await response.aread()
             await response.aclose()
-    except (ProxyError, httpx.HTTPError, TimeoutError, OSError) as exc:
+    except (ProxyError, httpx.HTTPError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         log.warning("count_tokens on %s failed (%s); estimating locally", dep.key, type(exc).__name__)
         return None
     if response.status_code >= 400:

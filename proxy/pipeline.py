@@ -32,6 +32,7 @@ import aiohttp
 import httpx
 from django.conf import settings
 
+from . import http
 from . import state as state_mod
 from .config import Deployment
 from .errors import ProxyError
@@ -53,8 +54,8 @@ HEARTBEAT = object()
 #: None, the ProxyError or None) when the attempt has its answer
 AttemptEnd = Callable[[int | None, ProxyError | None], None]
 attempt_observers: list[Callable[[Deployment, int, dict[str, str]], AttemptEnd]] = []
-# what a broken connection or body raises: httpx's errors, and aiohttp's where httpx-aiohttp does not map them
-# (a body longer than its Content-Length is an aiohttp ClientResponseError)
+# what a broken connection or body raises: aiohttp's errors (a body longer than its Content-Length is a
+# ClientResponseError), httpx's with ROUTER_HTTP_TRANSPORT=httpx
 BROKEN = (httpx.HTTPError, aiohttp.ClientError)
 # the status fail2ban counts when the error did not come with an HTTP status of its own
 _STATUS_BY_CODE = {"upstream_authentication_error": 401, "upstream_unreachable": 502, "upstream_timeout": 504,
@@ -66,7 +67,7 @@ class Opened:
     dep: Deployment
     adapter: Adapter
     req: UpstreamRequest
-    response: httpx.Response
+    response: http.Response
     # for streams: chunks already translated while checking the stream started well
     first: list[dict] = field(default_factory=list)
     chunks: AsyncIterator | None = None
@@ -198,7 +199,7 @@ async def _attempt(adapter: Adapter, dep: Deployment, req: UpstreamRequest, stre
     except TimeoutError:
         raise ProxyError(504, f"{adapter.provider} did not answer within {settings.ROUTER_FIRST_BYTE_TIMEOUT:g}s",
                          code="upstream_timeout", retryable=True) from None
-    except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse (httpx-aiohttp does not map it)
+    except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse
         raise bad_upstream(adapter.provider, f"an answer that is not valid HTTP ({type(exc).__name__})") from None
     except (httpx.TransportError, aiohttp.ClientError) as exc:
         raise ProxyError(502, f"{adapter.provider} unreachable ({type(exc).__name__})",
@@ -272,7 +273,7 @@ class UpstreamChunks:
     __slots__ = ("_done", "_error", "_events", "_parser", "_provider", "_reads", "_ready", "_response",
                  "_translator")
 
-    def __init__(self, response: httpx.Response, translator: StreamTranslator | None, heartbeat: float | None,
+    def __init__(self, response: http.Response, translator: StreamTranslator | None, heartbeat: float | None,
                  provider: str) -> None:
         self._response = response
         self._reads = _read(response, heartbeat)
@@ -378,7 +379,7 @@ async def joined(pieces: AsyncIterator[bytes], chunks: AsyncIterator | None) -> 
         await pieces.aclose()  # type: ignore[attr-defined]
 
 
-async def _read(response: httpx.Response, heartbeat: float | None) -> AsyncIterator:
+async def _read(response: http.Response, heartbeat: float | None) -> AsyncIterator:
     idle = settings.ROUTER_IDLE_TIMEOUT
     it = response.aiter_bytes().__aiter__()
     try:

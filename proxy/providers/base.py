@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
 from .. import http
 from ..config import CredentialConfig, Deployment
 from ..errors import ProxyError
@@ -60,14 +58,11 @@ class Adapter:
     async def auth_headers(self, cred: CredentialConfig) -> dict[str, str]:
         return {}
 
-    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
         """Send and return once the status and headers are in (the body is read by the caller)."""
-        client = http.client()
         if req.files is not None:
-            request = client.build_request(req.method, req.url, data=req.body, files=req.files, headers=headers)
-        else:
-            request = client.build_request(req.method, req.url, json=req.body, headers=headers)
-        return await client.send(request, stream=True)
+            return await http.send(req.method, req.url, headers, form=req.body, files=req.files)
+        return await http.send(req.method, req.url, headers, body=req.body)
 
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:
         raise NotImplementedError

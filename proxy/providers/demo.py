@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from .. import http
 from ..config import Deployment
 from ..errors import ProxyError
 from ..translators.common import chat_chunk, chat_completion, chat_usage, content_text, new_id, now, usage_chunk
@@ -41,7 +42,7 @@ class DemoAdapter(OpenAIAdapter):
                          "(and Responses) requests only: it does not serve embeddings. Add an openai, gemini or "
                          "vertex-ai credential for embeddings.", param="model", code="unsupported_model")
 
-    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
         if not req.url.endswith("/chat/completions"):
             return httpx.Response(400, json={"error": {"message": "the demo credential only answers chat requests",
                                                        "type": "invalid_request_error", "code": None}})

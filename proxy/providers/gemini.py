@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from .. import http
 from ..config import Deployment
 from ..errors import ProxyError
 from ..media import fetch_media
@@ -55,7 +56,7 @@ from .base import Adapter, UpstreamRequest
 
 log = logging.getLogger(__name__)
 
-Post = Callable[[UpstreamRequest, dict[str, str]], Awaitable[httpx.Response]]
+Post = Callable[[UpstreamRequest, dict[str, str]], Awaitable[http.Response]]
 
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
 EMBED_CONCURRENCY = 8
@@ -87,14 +88,14 @@ def _has_signatures(body: dict) -> bool:
                for content in body.get("contents") or [] for part in content.get("parts") or [])
 
 
-async def send_generate(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+async def send_generate(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
     """Remote media inlined; one retry without thought signatures when Google rejects them."""
     media: dict[str, tuple[str | None, str]] = {}
     await inline_remote_media(req.body, media)
     response = await post(req, headers)
     if response.status_code != 400 or req.source is None or req.dep is None or not _has_signatures(req.body):
         return response
-    body = await response.aread()  # kept by httpx: the pipeline reads it again if we give up
+    body = await response.aread()  # kept: the pipeline reads it again if we give up
     await response.aclose()
     if gemini_error(400, body, response.headers).code != "invalid_thought_signature":
         return response
@@ -129,13 +130,13 @@ def _merge(datas: list[dict], key: str) -> dict:
 
 
 async def send_batches(post: Post, req: UpstreamRequest, headers: dict[str, str], bodies: list[dict],
-                       merge: Callable[[list[dict]], dict]) -> httpx.Response:
+                       merge: Callable[[list[dict]], dict]) -> http.Response:
     """One request per body (at most ``EMBED_CONCURRENCY`` at once), merged into one answer in order."""
     if len(bodies) == 1:
         return await post(dataclasses.replace(req, body=bodies[0]), headers)
     limit = asyncio.Semaphore(EMBED_CONCURRENCY)
 
-    async def one(body: dict) -> httpx.Response:
+    async def one(body: dict) -> http.Response:
         async with limit:
             response = await post(dataclasses.replace(req, body=body), headers)
             try:
@@ -148,7 +149,7 @@ async def send_batches(post: Post, req: UpstreamRequest, headers: dict[str, str]
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    responses: list[httpx.Response] = results  # type: ignore[assignment]
+    responses: list[http.Response] = results  # type: ignore[assignment]
     failed = next((r for r in responses if r.status_code >= 400), None)
     if failed is not None:
         return failed
@@ -156,10 +157,10 @@ async def send_batches(post: Post, req: UpstreamRequest, headers: dict[str, str]
         merged = merge([r.json() for r in responses])
     except ValueError:
         raise ProxyError(502, "upstream returned a body that is not JSON", code="bad_upstream_response") from None
-    return httpx.Response(200, json=merged, request=responses[0].request)
+    return httpx.Response(200, json=merged)
 
 
-async def send_google(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+async def send_google(post: Post, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
     """``send`` for Google's APIs (AI Studio and Vertex Gemini): the I/O steps above, by request kind."""
     if isinstance(req.ctx, GeminiContext):
         return await send_generate(post, req, headers)
@@ -211,7 +212,7 @@ class GeminiAdapter(Adapter):
             headers["x-goog-api-key"] = cred.api_key
         return headers
 
-    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
         return await send_google(super().send, req, headers)
 
     def chat_request(self, dep: Deployment, body: dict, *, stream: bool) -> UpstreamRequest:

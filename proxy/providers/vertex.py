@@ -13,8 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
+from .. import http
 from ..config import CredentialConfig, Deployment
 from ..errors import ProxyError
 from ..translators.anthropic import (
@@ -80,7 +79,7 @@ class VertexAdapter(Adapter):
         if cred.service_account:
             tokens.forget(cred.service_account)
 
-    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def send(self, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
         response = await self._send(req, headers)
         if response.status_code != 401 or req.dep is None or not req.dep.credential.service_account:
             return response
@@ -96,7 +95,7 @@ class VertexAdapter(Adapter):
         log.info("credential %s: Vertex answered 401; retrying once with a fresh token", cred.name)
         return await self._send(req, {**headers, **fresh})
 
-    async def _send(self, req: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def _send(self, req: UpstreamRequest, headers: dict[str, str]) -> http.Response:
         if isinstance(req.ctx, AnthropicContext | PassthroughContext):
             return await super().send(req, headers)
         return await send_google(super().send, req, headers)
