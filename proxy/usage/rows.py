@@ -19,7 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.operations import BaseDatabaseOperations
 
 TEXT_LIMIT = 100_000  # a TextField has no max_length; nothing recorded per request needs more
@@ -158,17 +158,51 @@ def _datetime(value: Any) -> datetime:
 
 
 def write_rows(rows: list[dict[str, Any]]) -> None:
-    """Insert cleaned rows in one statement, in the caller's transaction."""
+    """Insert cleaned rows in one statement, in the caller's transaction.
+
+    No model instances and no SQL compiled per row: this thread shares the GIL with the event loop
+    serving requests. PostgreSQL takes the rows with COPY (~8 us of CPU per row), SQLite with one
+    prepared INSERT run for every row (~15 us; ``bulk_create`` costs ~75 us)."""
     from ..models import UsageRecord
 
-    if connection.vendor != "postgresql":
-        UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
-        return
-    # COPY skips model instances and SQL compilation: ~8 us of CPU per row against ~60 us for
-    # bulk_create, and this thread shares the GIL with the event loop serving requests.
     cols = columns()
     names = [c.name for c in cols]
-    sql = f"COPY {UsageRecord._meta.db_table} ({', '.join(c.column for c in cols)}) FROM STDIN"
-    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-        for row in rows:
-            copy.write_row([row[name] for name in names])
+    table = UsageRecord._meta.db_table
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's own connection, looked up once, not per value
+    if db.vendor == "postgresql":
+        sql = f"COPY {table} ({', '.join(c.column for c in cols)}) FROM STDIN"
+        with db.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in names])
+    elif db.vendor == "sqlite":
+        with db.cursor() as cursor:
+            cursor.executemany(*_sqlite_insert(db, table, cols, rows))
+    else:
+        UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
+
+
+def _sqlite_insert(db: Any, table: str, cols: tuple[Column, ...], rows: list[dict[str, Any]]) -> tuple[str, list]:
+    """The INSERT and its parameters, converted as Django's SQLite backend converts them: aware
+    datetimes to naive text in the connection's time zone; Decimals, ints, floats, strings and
+    booleans go to the driver as they are (Django registers ``str`` as its Decimal adapter)."""
+    from ..models import UsageRecord
+
+    quote = db.ops.quote_name
+    sql = (f"INSERT INTO {quote(table)} ({', '.join(quote(c.column) for c in cols)}) "
+           f"VALUES ({', '.join(['%s'] * len(cols))})")
+    fields = {f.attname: f for f in UsageRecord._meta.concrete_fields}
+    tz = db.timezone
+    times = [i for i, c in enumerate(cols) if c.kind == "datetime"]
+    others = [(i, fields[c.name]) for i, c in enumerate(cols) if c.kind == "other"]
+    names = [c.name for c in cols]
+    params = []
+    for row in rows:
+        values = [row[name] for name in names]
+        for i in times:
+            if values[i] is not None:
+                values[i] = str(values[i].astimezone(tz).replace(tzinfo=None))
+        for i, field in others:
+            if values[i] is not None:
+                values[i] = field.get_db_prep_save(values[i], db)
+        params.append(values)
+    return sql, params
