@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -88,11 +89,39 @@ def run_load(**cmd) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start(procs, server: str, name: str, db_url: str, env: dict[str, str]) -> Router:
+def start(procs, server: str, name: str, db_url: str, env: dict[str, str], cprofile: str = "",
+          checkout: Path | None = None) -> Router:
     port = free_port()
     args = [a.replace("{port}", str(port)) for a in SERVERS[server]]
-    proc = procs.spawn(name, [PYTHON, *args], env=router_env(db_url, env), stdout=subprocess.DEVNULL)
+    if cprofile:
+        args = [__file__, "--profiled", cprofile, *args[1:]]
+    if checkout is None:
+        proc = procs.spawn(name, [PYTHON, *args], env=router_env(db_url, env), stdout=subprocess.DEVNULL)
+    else:  # run.Procs starts everything in this checkout
+        proc = subprocess.Popen([PYTHON, *args], cwd=checkout, env=router_env(db_url, env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.started.append(proc)
     return Router(name, port, proc)
+
+
+def profiled(path: str, argv: list[str]) -> None:
+    """Run the server module ``argv[0]`` under cProfile, timed in CPU time of the event loop's thread
+    (a wall-clock profile on a busy machine charges preemption to whatever was running). Profiling
+    starts at SIGUSR1 (once the server is up: start-up is not the hot path); the stats go to ``path``
+    when the server exits (SIGINT)."""
+    import cProfile
+    import runpy
+
+    sys.argv = argv
+    profile = cProfile.Profile(time.thread_time)
+    signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
 
 
 def fmt(v: float | None, d: int = 2) -> str:
@@ -102,6 +131,7 @@ def fmt(v: float | None, d: int = 2) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--load", help=argparse.SUPPRESS)
+    p.add_argument("--profiled", help=argparse.SUPPRESS)
     p.add_argument("--server", choices=tuple(SERVERS), default="daphne")
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
@@ -112,7 +142,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the routers")
-    args = p.parse_args()
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run routers from another checkout (e.g. a worktree of main), interleaved")
+    p.add_argument("--cprofile", metavar="PATH", default="",
+                   help="run the (first) router under cProfile; stats written to PATH.<logging> at the end")
+    args, rest = p.parse_known_args()
+    if args.profiled:
+        profiled(args.profiled, rest)
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.load:
         print(json.dumps(asyncio.run(load(json.loads(args.load)))))
         return
@@ -126,14 +165,21 @@ def main() -> None:
         manage(db.url, "import_config", str(cfg))
         routers = {}
         for side in args.logging.split(","):
-            routers[side] = start(procs, args.server, f"router-{side}", db.url,
-                                  {**extra, "ROUTER_USAGE_LOGGING": "true" if side == "on" else "false"})
+            env = {**extra, "ROUTER_USAGE_LOGGING": "true" if side == "on" else "false"}
+            routers[side] = start(procs, args.server, f"router-{side}", db.url, env,
+                                  f"{args.cprofile}.{side}" if args.cprofile else "")
+            if args.baseline:
+                routers[f"base-{side}"] = start(procs, args.server, f"base-{side}", db.url, env,
+                                                checkout=args.baseline)
         for r in routers.values():
             wait_healthy(r, procs)
+            if args.cprofile:
+                r.proc.send_signal(signal.SIGUSR1)
         results: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
             for c in (int(x) for x in args.concurrency.split(",")):
-                for side, r in routers.items():
+                # alternate the order, so a burst of other load on the machine does not hit one side only
+                for side, r in list(routers.items())[::1 if i % 2 == 0 else -1]:
                     kw = dict(concurrency=c, duration=args.duration, warmup=args.warmup, stream=args.stream)
                     direct = run_load(url=f"http://127.0.0.1:{upstream}/v1/chat/completions",
                                       headers={"content-type": "application/json"}, pid=None,
@@ -143,11 +189,15 @@ def main() -> None:
                                             "authorization": f"Bearer {MASTER_KEY}"},
                                    body=body("bench", stream=args.stream), **kw)
                     results.setdefault((side, c), []).append((direct, via))
+        for r in routers.values():
+            if args.cprofile:
+                r.proc.send_signal(signal.SIGINT)
+                r.proc.wait(30)
     print(f"server {args.server}, db {db.kind}, stream {args.stream}, env {extra}, median of {args.rounds} round(s)")
     head = (f"{'logging':<8}{'c':>4}{'rps':>8}{'CPU ms':>8}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>8}"
             f"{'+p50':>7}{'+p90':>7}{'+p99':>7}{'dir p99':>8}{'err':>5}")
     print(head)
-    for (side, c), pairs in results.items():
+    for (side, c), pairs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         def med(key: str, pairs=pairs) -> float | None:
             vals = [v[key] for _, v in pairs if v[key] is not None]
             return statistics.median(vals) if vals else None

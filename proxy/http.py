@@ -110,7 +110,8 @@ def session() -> aiohttp.ClientSession:
         timeout = settings.ROUTER_CONNECT_TIMEOUT
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ssl=ssl_context(),
                                          keepalive_timeout=KEEPALIVE_SECONDS)
-        s = aiohttp.ClientSession(connector=connector, trust_env=False,
+        # no cookie jar: a cookie one credential's upstream sets must not ride along with another's
+        s = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
                                   timeout=aiohttp.ClientTimeout(connect=timeout, sock_connect=timeout))
         _sessions[loop] = s
         _close_at_exit()
