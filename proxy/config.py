@@ -1,21 +1,26 @@
 """The routing configuration as an immutable in-memory snapshot.
 
 The request path calls ``await current()``: no database query unless the
-snapshot is missing or older than ``ROUTER_CONFIG_POLL_SECONDS``, when one
-request checks ``RouterSettings.config_version`` (one indexed row, in a worker
-thread) and reloads if it changed. An admin save in this process drops the
-snapshot at once (signals); one in another process bumps the version, so every
-instance reloads within about a second.
+snapshot is missing or older than ``ROUTER_CONFIG_POLL_SECONDS``.
+``RouterSettings.config_version`` (one indexed row) is checked in a worker
+thread, and the configuration reloaded if it changed: while requests keep
+coming, by a task on the loop every half interval, so no request waits for the
+check (it cost one request per interval a thread hop and 1-4 ms); the first
+request after a quiet spell checks before it goes on. An admin save in this
+process drops the snapshot at once (signals); one in another process bumps the
+version, so every instance reloads within about a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -149,6 +154,7 @@ class _Snapshot:
         self.config: RouterConfig | None = None
         self.checked = 0.0
         self.polling = False
+        self.used = 0.0  # when a request last asked for the configuration
         self.lock = threading.Lock()
 
     def _poll(self) -> None:
@@ -165,6 +171,7 @@ class _Snapshot:
 
 
 _snapshot = _Snapshot()
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
 
 
 async def current() -> RouterConfig:
@@ -179,13 +186,42 @@ async def current() -> RouterConfig:
             raise ProxyError(503, "The router cannot read its configuration database; try again shortly.",
                              code="service_unavailable", retry_after=5) from None
         return snap.config  # type: ignore[return-value]
-    if time.monotonic() - snap.checked > settings.ROUTER_CONFIG_POLL_SECONDS and not snap.polling:
-        # At most one request per poll interval pays for a one-row version check (in a worker
-        # thread); concurrent requests keep using the snapshot meanwhile.
+    now = snap.used = time.monotonic()
+    interval = settings.ROUTER_CONFIG_POLL_SECONDS
+    loop = asyncio.get_running_loop()
+    if interval > 0:
+        task = _pollers.get(loop)
+        if task is not None and not task.done():
+            return config
+        _pollers[loop] = loop.create_task(_poll_while_busy(snap))
+    if now - snap.checked > interval and not snap.polling:
+        # After a quiet spell: this request checks, concurrent ones use the snapshot meanwhile.
         snap.polling = True
-        await asyncio.get_running_loop().run_in_executor(None, snap._poll)
+        await loop.run_in_executor(None, snap._poll)
         return snap.config or config
     return config
+
+
+async def _poll_while_busy(snap: _Snapshot) -> None:
+    """Check every half interval while requests keep coming; after a quiet interval, stop (the next
+    request checks first, then starts this again)."""
+    loop = asyncio.get_running_loop()
+    while (interval := settings.ROUTER_CONFIG_POLL_SECONDS) > 0:
+        await asyncio.sleep(interval / 2)
+        if time.monotonic() - snap.used > interval:
+            return
+        if not snap.polling and snap.config is not None:
+            snap.polling = True
+            await loop.run_in_executor(None, snap._poll)
+
+
+async def stop_polling() -> None:
+    """Stop this loop's poll task (tests: before their loop closes)."""
+    task = _pollers.pop(asyncio.get_running_loop(), None)
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _load_once() -> None:

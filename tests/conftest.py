@@ -18,8 +18,9 @@ async def _close_thread_connections():
 
     if not settings.configured:  # pure unit tests run without Django
         return
-    from proxy import http
+    from proxy import config, http
 
+    await config.stop_polling()
     await http.aclose()
     await sync_to_async(connections.close_all)()
 
