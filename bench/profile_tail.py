@@ -25,21 +25,22 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import Tally, cpu_ms, one_request
-from run import (
+from cells import PROFILES
+from harness import (
     MASTER_KEY,
-    PROFILES,
     PYTHON,
-    Router,
-    body,
-    config_yaml,
+    UPSTREAM_MODEL,
+    Procs,
+    Target,
+    chat_body,
     free_port,
     manage,
     router_env,
     start_upstream,
-    wait_healthy,
-    workspace,
+    wait_serving,
 )
+from load import Tally, cpu_ms, one_request
+from run import config_yaml, workspace
 
 SERVERS = {
     "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "routerproject.asgi:application"],
@@ -89,19 +90,16 @@ def run_load(**cmd) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start(procs, server: str, name: str, db_url: str, env: dict[str, str], cprofile: str = "",
-          checkout: Path | None = None) -> Router:
+def start(procs: Procs, server: str, name: str, db_url: str, env: dict[str, str], cprofile: str = "",
+          checkout: Path | None = None) -> Target:
     port = free_port()
     args = [a.replace("{port}", str(port)) for a in SERVERS[server]]
     if cprofile:
         args = [__file__, "--profiled", cprofile, *args[1:]]
-    if checkout is None:
-        proc = procs.spawn(name, [PYTHON, *args], env=router_env(db_url, env), stdout=subprocess.DEVNULL)
-    else:  # run.Procs starts everything in this checkout
-        proc = subprocess.Popen([PYTHON, *args], cwd=checkout, env=router_env(db_url, env),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.started.append(proc)
-    return Router(name, port, proc)
+    proc = procs.spawn(name, [PYTHON, *args], env=router_env(db_url, procs.tmp, env), stdout=subprocess.DEVNULL,
+                       **({"cwd": checkout} if checkout else {}))
+    headers = {"content-type": "application/json", "authorization": f"Bearer {MASTER_KEY}"}
+    return Target(name, f"http://127.0.0.1:{port}", headers, proc=proc)
 
 
 def profiled(path: str, argv: list[str]) -> None:
@@ -155,14 +153,14 @@ def main() -> None:
     if args.load:
         print(json.dumps(asyncio.run(load(json.loads(args.load)))))
         return
-    ns = argparse.Namespace(db=args.db, postgres=args.postgres)
+    ns = argparse.Namespace(db=args.db, postgres=args.postgres, keep=False)
     extra = dict(e.split("=", 1) for e in args.env)
     with workspace(ns) as (procs, db):
         upstream = start_upstream(procs)
         cfg = procs.tmp / "router.yaml"
         cfg.write_text(config_yaml(upstream, PROFILES["quick"]))
-        manage(db.url, "migrate", "--noinput", "-v0")
-        manage(db.url, "import_config", str(cfg))
+        manage(db.url, procs.tmp, "migrate", "--noinput", "-v0")
+        manage(db.url, procs.tmp, "import_config", str(cfg))
         routers = {}
         for side in args.logging.split(","):
             env = {**extra, "ROUTER_USAGE_LOGGING": "true" if side == "on" else "false"}
@@ -172,8 +170,8 @@ def main() -> None:
                 routers[f"base-{side}"] = start(procs, args.server, f"base-{side}", db.url, env,
                                                 checkout=args.baseline)
         for r in routers.values():
-            wait_healthy(r, procs)
-            if args.cprofile:
+            wait_serving(r, procs)
+            if args.cprofile and r.proc is not None:
                 r.proc.send_signal(signal.SIGUSR1)
         results: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
         for i in range(args.rounds):
@@ -183,14 +181,12 @@ def main() -> None:
                     kw = dict(concurrency=c, duration=args.duration, warmup=args.warmup, stream=args.stream)
                     direct = run_load(url=f"http://127.0.0.1:{upstream}/v1/chat/completions",
                                       headers={"content-type": "application/json"}, pid=None,
-                                      body=body("bench-upstream", stream=args.stream), **kw)
-                    via = run_load(url=r.url + "/v1/chat/completions", pid=r.proc.pid,
-                                   headers={"content-type": "application/json",
-                                            "authorization": f"Bearer {MASTER_KEY}"},
-                                   body=body("bench", stream=args.stream), **kw)
+                                      body=chat_body(UPSTREAM_MODEL, stream=args.stream), **kw)
+                    via = run_load(url=r.url + "/v1/chat/completions", pid=r.pid, headers=r.headers,
+                                   body=chat_body("bench", stream=args.stream), **kw)
                     results.setdefault((side, c), []).append((direct, via))
         for r in routers.values():
-            if args.cprofile:
+            if args.cprofile and r.proc is not None:
                 r.proc.send_signal(signal.SIGINT)
                 r.proc.wait(30)
     print(f"server {args.server}, db {db.kind}, stream {args.stream}, env {extra}, median of {args.rounds} round(s)")
