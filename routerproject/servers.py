@@ -13,7 +13,8 @@ same behaviour, the server-specific parts being:
 - upstream HTTP clients: closed by the lifespan shutdown (uvicorn) or at exit (Daphne has no lifespan).
 
 uvicorn runs with uvloop and httptools: the server's own CPU per request is well under Daphne's
-(Twisted's HTTP parsing, its request objects and a second event loop hand-off per message).
+(Twisted's HTTP machinery and request objects on an asyncio reactor). Before serving, the heap
+built at startup is frozen (``gc.freeze``): full collections no longer walk Django and the app.
 Command line: ``python -m routerproject.servers --server uvicorn --host 127.0.0.1 --port 8080``.
 """
 
