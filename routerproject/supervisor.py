@@ -90,7 +90,12 @@ class Supervisor:
         fd = self.sock.fileno()
         # its own process group: a terminal's Ctrl-C reaches only this process, which drains the workers
         # (were it to reach them too, a Daphne worker would stop at once, a uvicorn one take it as a hurry)
-        proc = subprocess.Popen(self.command(fd), pass_fds=(fd,), env=self.env, process_group=0)
+        try:
+            proc = subprocess.Popen(self.command(fd), pass_fds=(fd,), env=self.env, process_group=0)
+        except OSError as exc:  # out of processes or memory for now: the others serve meanwhile
+            log.error("worker %d could not be started (%s); trying again in %gs", slot, exc, MAX_RESTART_DELAY)
+            self.restart_at[slot] = time.monotonic() + MAX_RESTART_DELAY
+            return
         self.workers[proc.pid] = Worker(slot, proc)
         log.info("worker %d started (pid %d)", slot, proc.pid)
 

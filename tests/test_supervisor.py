@@ -95,3 +95,18 @@ def test_workers_that_keep_dying_at_start_make_the_supervisor_give_up(monkeypatc
         assert supervisor.Supervisor(sock, 1, command, grace=1).run() == 1
     assert len(started) == 3 and sock.fileno() == -1  # the socket is closed on the way out
     assert "died (exit status 3)" in caplog.text and "giving up" in caplog.text
+
+
+def test_a_worker_that_cannot_be_started_is_tried_again(monkeypatch, caplog):
+    monkeypatch.setattr(supervisor, "MAX_RESTART_DELAY", 0.1)
+    monkeypatch.setattr(supervisor, "MAX_QUICK_DEATHS", 1)
+    tries = []
+
+    def command(fd: int) -> list[str]:
+        tries.append(fd)
+        return [str(Path(sys.executable).parent / "no-such-python")] if len(tries) < 3 else [
+            sys.executable, "-c", "raise SystemExit(3)"]
+    with caplog.at_level("INFO", logger="routerproject.supervisor"):
+        assert supervisor.Supervisor(supervisor.listen("127.0.0.1", 0), 1, command, grace=1).run() == 1
+    assert len(tries) == 3 and caplog.text.count("could not be started") == 2
+    assert "died (exit status 3)" in caplog.text
