@@ -74,7 +74,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Serving on http://{addrport(host, port)}/ with {workers} {server} workers")
         self.stdout.flush()
         grace = settings.ROUTER_SHUTDOWN_GRACE_SECONDS
-        with _metrics_dir() as env:
+        with _worker_env() as env:
             code = supervisor.Supervisor(sock, workers, _worker_command(server), grace=grace, env=env).run()
         if code:
             sys.exit(code)
@@ -89,9 +89,10 @@ def _worker_command(server: str):
 
 
 @contextlib.contextmanager
-def _metrics_dir():
-    """The children's environment: one PROMETHEUS_MULTIPROC_DIR shared by all, emptied at start, so
-    /metrics from any worker sums every worker (ours is removed at exit, an operator's is kept)."""
+def _worker_env():
+    """The workers' environment: this process's pid (they follow it), and one PROMETHEUS_MULTIPROC_DIR
+    shared by all, emptied at start, so /metrics from any worker sums every worker (a directory made
+    here is removed at exit, an operator's is kept)."""
     env = {**os.environ, SUPERVISED_ENV: str(os.getpid())}
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     path = Path(given) if given else Path(tempfile.mkdtemp(prefix="router-metrics-"))
