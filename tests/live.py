@@ -101,7 +101,7 @@ class LiveRouter:
         self.proc = subprocess.Popen(
             self.command(),
             cwd=ROOT, env=_env(self.db, self.extra_env), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (60 if self.workers else 30)  # N workers start at once: slower on 2 cores
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited:\n{self.log()}")
