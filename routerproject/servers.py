@@ -129,7 +129,7 @@ def _run_uvicorn(app, host: str | None, port: int | None, fd: int | None, *, beh
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m routerproject.servers", description=__doc__.split("\n")[0])
-    parser.add_argument("--server", choices=SERVERS, help="default: ROUTER_SERVER (daphne)")
+    parser.add_argument("--server", choices=SERVERS, help="default: ROUTER_SERVER (uvicorn)")
     parser.add_argument("--host", help="default: ROUTER_HOST (127.0.0.1)")
     parser.add_argument("--port", type=int, help="default: ROUTER_PORT (8080)")
     parser.add_argument("--fd", type=int, help="serve this inherited listening socket instead")

@@ -81,7 +81,7 @@ def test_the_image_and_compose_serve_with_one_worker_per_core_and_shared_state()
     assert cmd and yaml.safe_load(cmd.group(1)) == ["python", "manage.py", "serve", "--host", "0.0.0.0",
                                                      "--port", "8080"]
     env = ROUTER["environment"]
-    assert env["ROUTER_WORKERS"] == "${ROUTER_WORKERS:-}" and env["ROUTER_SERVER"] == "${ROUTER_SERVER:-daphne}"
+    assert env["ROUTER_WORKERS"] == "${ROUTER_WORKERS:-}" and env["ROUTER_SERVER"] == "${ROUTER_SERVER:-uvicorn}"
     assert env["REDIS_URL"].startswith("redis://")
     grace = float(env.get("ROUTER_SHUTDOWN_GRACE_SECONDS", 30))
     assert int(ROUTER["stop_grace_period"].rstrip("s")) >= grace + KILL_MARGIN

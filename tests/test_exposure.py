@@ -63,7 +63,7 @@ def test_scripts_run_serves_on_loopback_by_default(tmp_path):
     assert "exec .venv/bin/python manage.py serve\n" in (ROOT / "scripts/run").read_text()
     port = free_port()
     out = _serve(tmp_path, {"ROUTER_PORT": str(port), "ROUTER_WORKERS": "2"}, until="Router serving on fd")
-    assert f"Serving on http://127.0.0.1:{port}/ with 2 daphne workers" in out, out
+    assert f"Serving on http://127.0.0.1:{port}/ with 2 uvicorn workers" in out, out
     assert "WARNING: listening" not in out and "2 workers without REDIS_URL" in out
 
 

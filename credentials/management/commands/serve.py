@@ -38,7 +38,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--server", choices=servers.SERVERS, default=None,
-                            help="HTTP server each worker runs (default: ROUTER_SERVER, else daphne)")
+                            help="HTTP server each worker runs (default: ROUTER_SERVER, else uvicorn)")
         parser.add_argument("--workers", type=int, default=None,
                             help="worker processes (default: ROUTER_WORKERS, else the number of cores)")
         parser.add_argument("--host", default=None, help="address to listen on (default: ROUTER_HOST)")
