@@ -76,6 +76,7 @@ def test_custom_key_and_its_validation(api):
     ({"max_budget": "lots"}, "max_budget"), ({"max_budget": -1}, "max_budget"), ({"budget_duration": "monthly"},
                                                                                  "budget_duration"),
     ({"duration": "1x"}, "duration"), ({"rpm_limit": -5}, "rpm_limit"), ({"models": "gpt-4o"}, "models"),
+    ({"tpm_limit": 10**12}, "tpm_limit"), ({"max_parallel_requests": 2**31}, "max_parallel_requests"),
     ({"team_id": "nope"}, "team_id"), ({"metadata": [1]}, "metadata"),
 ])
 def test_bad_input_is_a_400_naming_the_field(api, body, field):

@@ -19,8 +19,12 @@ def _money(**kwargs) -> serializers.DecimalField:
                                     required=False, **kwargs)
 
 
+# what the limit columns (PositiveIntegerField) hold on every database; past it the insert would fail
+LIMIT_MAX = 2_147_483_647
+
+
 def _limit(**kwargs) -> serializers.IntegerField:
-    return serializers.IntegerField(min_value=0, allow_null=True, required=False, **kwargs)
+    return serializers.IntegerField(min_value=0, max_value=LIMIT_MAX, allow_null=True, required=False, **kwargs)
 
 
 def _duration(value: str | None) -> str | None:
