@@ -186,3 +186,54 @@ def chat_completion(completion_id: str, model: str, created: int, message: dict,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage,
     }
+
+
+class ChatChunkFold:
+    """What every stream built from canonical Chat chunks shares: start once, fold deltas until a
+    finish_reason, end once both the finish_reason and the usage are in (or when the upstream stream
+    ends), fail at most once. Subclasses supply the events: ``started``, ``_delta``, ``_close`` (the
+    finish_reason arrived), ``_terminal``, ``fail`` and ``_incomplete`` (the stream ended early)."""
+
+    _finish: str | None
+    _usage: dict | None
+    _ended: bool
+
+    def feed(self, chunk: dict) -> list[dict]:
+        if self._ended:
+            return []
+        events = self.started()
+        for choice in chunk.get("choices") or []:
+            if self._finish is None:
+                events += self._delta(choice.get("delta") or {})
+                if choice.get("finish_reason"):
+                    events += self._close(choice["finish_reason"])
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        if self._finish is not None and self._usage is not None:
+            events += self._terminal()
+        return events
+
+    def finish(self) -> list[dict]:
+        if self._ended:
+            return []
+        if self._finish is None:
+            return self.fail(self._incomplete())
+        return self._terminal()
+
+    def started(self) -> list[dict]:
+        raise NotImplementedError
+
+    def fail(self, err) -> list[dict]:
+        raise NotImplementedError
+
+    def _incomplete(self):
+        raise NotImplementedError
+
+    def _delta(self, delta: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def _close(self, finish_reason: str) -> list[dict]:
+        raise NotImplementedError
+
+    def _terminal(self) -> list[dict]:
+        raise NotImplementedError

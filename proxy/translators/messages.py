@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ProxyError
 from proxy.sse import encode
-from proxy.translators.common import b64json_encode, content_text, join_thought, new_id, split_thought
+from proxy.translators.common import (
+    ChatChunkFold,
+    b64json_encode,
+    content_text,
+    join_thought,
+    new_id,
+    split_thought,
+)
 from proxy.translators.responses import STATE_PREFIX, decode_state
 
 ROLE_ERROR = "messages.{index}.role: Input should be 'user' or 'assistant'"
@@ -380,7 +387,7 @@ class _Block:
     signatures: dict[str, str] = field(default_factory=dict)
 
 
-class MessagesStream:
+class MessagesStream(ChatChunkFold):
     """Canonical Chat chunks in, Anthropic Messages SSE events (dicts) out.
 
     Tool-use blocks stay open until something else starts (Chat may interleave the
@@ -414,28 +421,12 @@ class MessagesStream:
     def keepalive() -> dict:
         return {"type": "ping"}
 
-    def feed(self, chunk: dict) -> list[dict]:
-        if self._ended:
-            return []
-        events = self.started()
-        for choice in chunk.get("choices") or []:
-            if self._finish is None:
-                events += self._delta(choice.get("delta") or {})
-                if choice.get("finish_reason"):
-                    self._finish = choice["finish_reason"]
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        if self._finish is not None and self._usage is not None:
-            events += self._terminal()
-        return events
+    def _incomplete(self) -> ProxyError:
+        return ProxyError(502, "The upstream stream ended before the message was complete.", code="server_error")
 
-    def finish(self) -> list[dict]:
-        if self._ended:
-            return []
-        if self._finish is None:
-            return self.fail(ProxyError(502, "The upstream stream ended before the message was complete.",
-                                        code="server_error"))
-        return self._terminal()
+    def _close(self, finish_reason: str) -> list[dict]:
+        self._finish = finish_reason  # blocks stay open until the terminal events close them all
+        return []
 
     def fail(self, err: ProxyError) -> list[dict]:
         if self._ended:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from proxy.errors import ProxyError, bad_request
 from proxy.sse import encode
 from proxy.translators.common import (
+    ChatChunkFold,
     ToolNameMap,
     b64json_decode,
     b64json_encode,
@@ -685,7 +686,7 @@ class _Item:
         return self.item["type"]
 
 
-class ResponsesStream:
+class ResponsesStream(ChatChunkFold):
     """Canonical Chat chunks in, Responses events out.
 
     No ``output_item.done`` leaves before the upstream's finish_reason: Codex
@@ -722,28 +723,9 @@ class ResponsesStream:
     def keepalive(self) -> dict:
         return self._event("response.in_progress", response=self._response("in_progress"))
 
-    def feed(self, chunk: dict) -> list[dict]:
-        if self._ended:
-            return []
-        events = self.started()
-        for choice in chunk.get("choices") or []:
-            if self._finish is None:
-                events += self._delta(choice.get("delta") or {})
-                if choice.get("finish_reason"):
-                    events += self._close(choice["finish_reason"])
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        if self._finish is not None and self._usage is not None:
-            events += self._terminal()
-        return events
-
-    def finish(self) -> list[dict]:
-        if self._ended:
-            return []
-        if self._finish is None:
-            return self.fail(ProxyError(502, "The upstream stream ended before the response was complete.",
-                                        code="server_error", retryable=True))
-        return self._terminal()
+    def _incomplete(self) -> ProxyError:
+        return ProxyError(502, "The upstream stream ended before the response was complete.", code="server_error",
+                          retryable=True)
 
     def fail(self, err: ProxyError) -> list[dict]:
         if self._ended:
