@@ -28,6 +28,31 @@ def test_rows_are_written_in_batches_by_the_thread():
     assert writer.stats()["written"] == 1200
 
 
+def test_rows_arriving_during_a_write_wait_for_the_next_interval(monkeypatch):
+    """A cycle writes what was queued when it began, in one transaction; rows finishing meanwhile wait
+    for the next interval. Chasing them wrote a few rows per transaction back to back under steady
+    traffic, which cost more than the requests themselves."""
+    writer = UsageWriter()
+    monkeypatch.setattr(writer, "_start", lambda: None)  # no thread: the test drives the cycles
+    real = usage_rows.write_rows
+    batches: list[int] = []
+
+    def writing(rows):
+        batches.append(len(rows))
+        if len(batches) <= 5:
+            writer.record(row(1000 + len(batches)))  # a request finished while the batch was written
+        return real(rows)
+
+    monkeypatch.setattr(usage_rows, "write_rows", writing)
+    for i in range(3):
+        writer.record(row(i))
+    assert writer._write_all()
+    assert batches == [3] and [r["request_id"] for r in writer.pending] == ["req_1001"]
+    assert writer._write_all()
+    assert batches == [3, 1] and [r["request_id"] for r in writer.pending] == ["req_1002"]
+    assert writer.flush(10) and UsageRecord.objects.count() == 3 + 5
+
+
 def test_database_outage_keeps_rows_and_retries(monkeypatch):
     writer = UsageWriter()
     real = usage_rows.write_rows

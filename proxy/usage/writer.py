@@ -244,8 +244,13 @@ class UsageWriter:
         return self._write_pending()
 
     def _write_pending(self) -> bool:
-        while self.pending:
-            batch = [rows_mod.clean(self.pending.popleft()) for _ in range(min(BATCH, len(self.pending)))]
+        # Only the rows queued when the cycle began: the ones arriving meanwhile wait for the next
+        # interval. Chasing them wrote a handful of rows per transaction back to back under steady
+        # traffic (each commit's fixed cost is milliseconds: hooks, round trips), never sleeping.
+        due = len(self.pending)
+        while due > 0 and self.pending:
+            batch = [rows_mod.clean(self.pending.popleft()) for _ in range(min(BATCH, due, len(self.pending)))]
+            due -= len(batch)
             self._inflight = batch
             try:
                 left = self._commit(batch)
@@ -314,7 +319,10 @@ class UsageWriter:
         could not take it all within ``timeout`` (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         if self._thread is None:
-            return self._write_all() if self.pending or self._backlog else True
+            while self.pending or self._backlog:
+                if not self._write_all() or time.monotonic() > deadline:
+                    return False
+            return True
         self._retry_at = 0.0
         while self.pending or self._inflight or self._backlog:
             self._wake.set()
