@@ -33,14 +33,16 @@ from harness import (
     Procs,
     Target,
     chat_body,
+    create_client_key,
     free_port,
     manage,
     router_env,
     start_upstream,
+    wait_key_accepted,
     wait_serving,
 )
 from load import Tally, cpu_ms, one_request
-from run import config_yaml, workspace
+from run import config_yaml, router_aliases, workspace
 
 SERVERS = {
     "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "routerproject.asgi:application"],
@@ -99,7 +101,7 @@ def start(procs: Procs, server: str, name: str, db_url: str, env: dict[str, str]
     proc = procs.spawn(name, [PYTHON, *args], env=router_env(db_url, procs.tmp, env), stdout=subprocess.DEVNULL,
                        **({"cwd": checkout} if checkout else {}))
     headers = {"content-type": "application/json", "authorization": f"Bearer {MASTER_KEY}"}
-    return Target(name, f"http://127.0.0.1:{port}", headers, proc=proc)
+    return Target(name, f"http://127.0.0.1:{port}", headers, aliases=router_aliases(PROFILES["quick"]), proc=proc)
 
 
 def profiled(path: str, argv: list[str]) -> None:
@@ -140,6 +142,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the routers")
+    p.add_argument("--key", action="store_true",
+                   help="send a client key with a budget and limits (as bench/run.py does), not the master key")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run routers from another checkout (e.g. a worktree of main), interleaved")
     p.add_argument("--cprofile", metavar="PATH", default="",
@@ -171,6 +175,11 @@ def main() -> None:
                                                 checkout=args.baseline)
         for r in routers.values():
             wait_serving(r, procs)
+            if args.key:
+                r.key = f"sk-profile-key-for-{r.name}-0000"
+                r.headers = {**r.headers, "authorization": f"Bearer {r.key}"}
+                create_client_key(r, r)
+                wait_key_accepted(r)
             if args.cprofile and r.proc is not None:
                 r.proc.send_signal(signal.SIGUSR1)
         results: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
