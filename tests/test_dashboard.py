@@ -19,7 +19,15 @@ from proxy.models import UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NOW = dt.datetime.now(dt.UTC).replace(minute=30, second=0, microsecond=0)
+
+def _anchor() -> dt.datetime:
+    """The current hour's :30, or yesterday's 23:30 before 06:00 UTC: the rows, spread over the 30 hours
+    before it, then fall on exactly two dates whatever the time the suite runs."""
+    now = dt.datetime.now(dt.UTC).replace(minute=30, second=0, microsecond=0)
+    return now if now.hour >= 6 else now.replace(hour=0, minute=0) - dt.timedelta(minutes=30)
+
+
+NOW = _anchor()
 MODELS = ("gpt-4o", "claude-sonnet-4-6", "gemini-2.5-flash")
 CREDENTIALS = {"gpt-4o": "openai_main", "claude-sonnet-4-6": "anthropic_main", "gemini-2.5-flash": "gemini_main"}
 
