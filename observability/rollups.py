@@ -30,10 +30,6 @@ _UPSERT_ROWS = 200  # rows per statement: 51 parameters each stays under SQLite'
 _FINITE_BOUNDS = BUCKETS_MS[:-1]
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status < 600 else "other"
-
-
 def bucket(ms: float) -> int:
     """Index of the histogram bucket holding ``ms`` (upper bounds inclusive)."""
     return bisect.bisect_left(_FINITE_BOUNDS, ms)
@@ -64,35 +60,43 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
     """Sum usage rows (the writer's dicts) per (hour, dimensions)."""
     writes = cache_write_fields()
     n_sums, n_buckets = len(SUMS), len(BUCKETS_MS)
+    ttfb_base = n_sums + n_buckets
     groups: dict[tuple, list] = {}
-    for row in rows:
-        key = (_hour(row["created_at"]), row.get("key_id") or "", row.get("team_id") or "",
-               row.get("requested_model") or "", row.get("resolved_model") or "", row.get("credential") or "",
-               row.get("provider") or "", row.get("endpoint") or "", status_class(int(row.get("status") or 0)))
+    for row in rows:  # the writer thread's per-row cost: plain lookups, no helpers
+        get = row.get
+        status = int(get("status") or 0)
+        key = (get("created_at").replace(minute=0, second=0, microsecond=0), get("key_id") or "",
+               get("team_id") or "", get("requested_model") or "", get("resolved_model") or "",
+               get("credential") or "", get("provider") or "", get("endpoint") or "",
+               f"{status // 100}xx" if 100 <= status < 600 else "other")
         acc = groups.get(key)
         if acc is None:
             acc = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0, 0.0, 0, 0] + [0] * (2 * n_buckets)
-        cost = row.get("cost_usd")
-        ttfb = row.get("ttfb_ms")
-        latency = float(row.get("latency_ms") or 0.0)
+        cost = get("cost_usd")
+        ttfb = get("ttfb_ms")
+        latency = float(get("latency_ms") or 0.0)
         acc[0] += 1
-        acc[1] += bool(row.get("stream"))
-        acc[2] += bool(row.get("client_closed"))
-        acc[3] += int(row.get("prompt_tokens") or 0)
-        acc[4] += int(row.get("cached_tokens") or 0)
-        acc[5] += sum(int(row.get(name) or 0) for name in writes)
-        acc[6] += int(row.get("completion_tokens") or 0)
-        acc[7] += int(row.get("reasoning_tokens") or 0)
-        acc[13] += int(row.get("images") or 0)
+        if get("stream"):
+            acc[1] += 1
+        if get("client_closed"):
+            acc[2] += 1
+        acc[3] += int(get("prompt_tokens") or 0)
+        acc[4] += int(get("cached_tokens") or 0)
+        for name in writes:
+            acc[5] += int(get(name) or 0)
+        acc[6] += int(get("completion_tokens") or 0)
+        acc[7] += int(get("reasoning_tokens") or 0)
+        acc[13] += int(get("images") or 0)
         if cost is not None:
             acc[8] += 1
-            acc[9] += Decimal(cost)
+            acc[9] += cost if type(cost) is Decimal else Decimal(cost)
         acc[10] += latency
-        acc[n_sums + bucket(latency)] += 1
+        acc[n_sums + bisect.bisect_left(_FINITE_BOUNDS, latency)] += 1
         if ttfb is not None:
-            acc[11] += float(ttfb)
+            ttfb = float(ttfb)
+            acc[11] += ttfb
             acc[12] += 1
-            acc[n_sums + n_buckets + bucket(float(ttfb))] += 1
+            acc[ttfb_base + bisect.bisect_left(_FINITE_BOUNDS, ttfb)] += 1
     return groups
 
 

@@ -187,7 +187,7 @@ ROUTER_CONFIG_POLL_SECONDS = env_float("ROUTER_CONFIG_POLL_SECONDS", 1.0)
 ROUTER_MODEL_DISCOVERY_SECONDS = env_float("ROUTER_MODEL_DISCOVERY_SECONDS", 300.0)
 ROUTER_USAGE_LOGGING = env_bool("ROUTER_USAGE_LOGGING", True)
 ROUTER_USAGE_MAX_PENDING = env_int("ROUTER_USAGE_MAX_PENDING", 100_000)
-ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 0.5)
+ROUTER_USAGE_FLUSH_SECONDS = env_float("ROUTER_USAGE_FLUSH_SECONDS", 1.0)
 ROUTER_USAGE_DEGRADED_PENDING = env_int("ROUTER_USAGE_DEGRADED_PENDING", 10_000)  # /health degraded past this queue
 # rows the database cannot take now wait here (JSON lines, replayed in order, at the next start too)
 # on SIGTERM: how long requests in flight get to finish before they are ended with a server_shutdown error

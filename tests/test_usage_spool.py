@@ -14,7 +14,7 @@ import pytest
 from django.db import OperationalError, connection
 
 from proxy.models import UsageRecord
-from proxy.usage import UsageWriter
+from proxy.usage import BATCH, UsageWriter
 from proxy.usage import rows as usage_rows
 from proxy.usage.spool import Spool
 from tests.live import LiveRouter
@@ -156,7 +156,8 @@ def test_a_torn_last_line_is_counted_and_the_rest_replayed(settings):
 def test_an_outage_in_the_middle_of_a_replay_resumes_where_it_stopped(settings, monkeypatch):
     writer = UsageWriter()
     spool = writer.spool()
-    spool.append([usage_rows.clean(row(i)) for i in range(1200)])  # three batches
+    total = 2 * BATCH + 200  # three batches
+    spool.append([usage_rows.clean(row(i)) for i in range(total)])
     spool.seal()
     [path] = spool.files()
     with path.open("ab") as f:
@@ -174,11 +175,11 @@ def test_an_outage_in_the_middle_of_a_replay_resumes_where_it_stopped(settings, 
     writer._start = lambda: None
     writer.start()
     assert not writer._write_all()
-    assert UsageRecord.objects.count() == 500
+    assert UsageRecord.objects.count() == BATCH
     assert writer._write_all()
-    assert written_ids() == [f"req_{i:04d}" for i in range(1200)]
+    assert written_ids() == [f"req_{i:04d}" for i in range(total)]
     stats = writer.stats()
-    assert (stats["replayed"], stats["dropped"], stats["spooled"]) == (1200, 1, 0)
+    assert (stats["replayed"], stats["dropped"], stats["spooled"]) == (total, 1, 0)
 
 
 def test_a_file_another_router_holds_is_left_to_it(settings, tmp_path):
