@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --portkey          # install the peer gateway first if needed (npm)
     .venv/bin/python bench/run.py --quick            # about 2 minutes
     .venv/bin/python bench/run.py --smoke            # seconds: checks the harness, the figures mean nothing
-    .venv/bin/python bench/run.py --server uvicorn   # only some servers (default: daphne,uvicorn)
+    .venv/bin/python bench/run.py --server uvicorn   # only some servers (default: uvicorn,daphne)
     .venv/bin/python bench/run.py --events 175000    # only: the router's CPU per relayed stream event
 
 Processes (each its own, so CPU is attributed correctly): the fake upstream (``bench/fake_upstream.py``),
@@ -61,7 +61,7 @@ from report import matrix_table, pairs_table, slow_table
 from targets import Results, evaluate, targets_table, verdict
 
 DEFAULT_POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-SERVERS = ("daphne", "uvicorn")
+SERVERS = ("uvicorn", "daphne")  # the first available is the default, as in ROUTER_SERVER
 
 
 def config_yaml(upstream_port: int, profile: Profile) -> str:
@@ -159,8 +159,9 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     routers = [start_router(procs, s, s, db.url, env, aliases=aliases) for s in args.servers]
     doubles = [start_router(procs, f"{s} x2", s, db.url, env, workers=2, aliases=aliases) for s in args.servers]
     logging_off = start_router(procs, "logging-off", args.servers[0], db.url, off, aliases=aliases)
-    sqlite_on = start_router(procs, "sqlite-on", "daphne", sqlite.url, local, aliases=aliases)
-    sqlite_off = start_router(procs, "sqlite-off", "daphne", sqlite.url, {**local, "ROUTER_USAGE_LOGGING": "false"},
+    # the local default: SQLite under the default server, as a fresh clone runs
+    sqlite_on = start_router(procs, "sqlite-on", args.servers[0], sqlite.url, local, aliases=aliases)
+    sqlite_off = start_router(procs, "sqlite-off", args.servers[0], sqlite.url, {**local, "ROUTER_USAGE_LOGGING": "false"},
                               aliases=aliases)
     peer = portkey.start(procs, upstream_port) if use_portkey(args) else None
     everyone = [*routers, *doubles, logging_off, sqlite_on, sqlite_off]
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", dest="servers", type=servers,
                         default=[s for s in SERVERS if server_available(s)],
                         help="comma-separated ASGI servers to run the router under, the first being the default "
-                             "(default: daphne,uvicorn when uvicorn is installed)")
+                             "(default: uvicorn,daphne; daphne alone when uvicorn is not installed)")
     peer = parser.add_mutually_exclusive_group()
     peer.add_argument("--portkey", action="store_true", default=None,
                       help=f"measure Portkey {portkey.VERSION} too, installing it with npm first if needed "

@@ -97,7 +97,7 @@ def shared_checks(r: Results) -> list[Check]:
     keys_added = r.keys["added_ms"]
     written, sent = (sum(counts) for counts in zip(*r.rows.values(), strict=True))
     checks = [
-        Check("usage logging to SQLite (default): CPU/request", "daphne", spread(sqlite, 3, " ms"), "<= 0.1 ms",
+        Check("usage logging to SQLite (default): CPU/request", default, spread(sqlite, 3, " ms"), "<= 0.1 ms",
               at_most(sqlite.median, 0.1)),
         Check(f"usage logging to {r.db_kind}: CPU/request", default,
               f"{spread(pg_cost, 3, ' ms')} = {fmt(pg_pct, 1)} % of {fmt(pg_on.median, 3)}", "<= 5 %",
