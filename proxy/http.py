@@ -85,6 +85,14 @@ class UpstreamResponse:
         async for data in self._raw.content.iter_any():
             yield data
 
+    async def read_some(self) -> bytes:
+        """What has arrived (waiting for something), b"" at the end. Safe to cancel: unlike a
+        generator's ``anext``, a cancelled wait loses no data, so a heartbeat needs no task per read."""
+        if self._content is not None:
+            content, self._content = self._content, b""
+            return content
+        return await self._raw.content.readany()
+
     async def aclose(self) -> None:
         # releasing a response whose body was not read to its end closes its connection
         raw = self._raw

@@ -379,48 +379,88 @@ async def joined(pieces: AsyncIterator[bytes], chunks: AsyncIterator | None) -> 
         await pieces.aclose()  # type: ignore[attr-defined]
 
 
-async def _read(response: http.Response, heartbeat: float | None) -> AsyncIterator:
+def _read(response: http.Response, heartbeat: float | None) -> AsyncIterator:
+    """The upstream body as it arrives, closed at the end; HEARTBEAT after each ``heartbeat`` of
+    silence (when given), 504 after ``ROUTER_IDLE_TIMEOUT`` of it."""
+    if isinstance(response, http.UpstreamResponse):  # aiohttp: a timed wait per read, nothing else per chunk
+        return _timed_reads(response, heartbeat)
+    return _timed_iteration(response, heartbeat)
+
+
+async def _timed_reads(response: http.UpstreamResponse, heartbeat: float | None) -> AsyncIterator:
+    idle = settings.ROUTER_IDLE_TIMEOUT
+    wait = heartbeat or idle
+    silent = 0.0
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    data = await response.read_some()
+            except TimeoutError:
+                silent += wait
+                if heartbeat is None or silent >= idle:
+                    raise _silent(idle) from None
+                yield HEARTBEAT
+                continue
+            except BROKEN as exc:
+                raise _broken(exc) from None
+            if not data:
+                return
+            silent = 0.0
+            yield data
+    finally:
+        await response.aclose()
+
+
+async def _timed_iteration(response: http.Response, heartbeat: float | None) -> AsyncIterator:
+    """The same over ``aiter_bytes`` (the httpx transport): a cancelled ``anext`` would end the
+    iterator, so the heartbeat waits on a task that outlives the silence."""
     idle = settings.ROUTER_IDLE_TIMEOUT
     it = response.aiter_bytes().__aiter__()
     try:
-        if heartbeat is None:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        data = await anext(it)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise _silent(idle) from None
-                except BROKEN as exc:
-                    raise _broken(exc) from None
-                yield data
-        pending: asyncio.Future | None = None
-        silent = 0.0
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(it))
-                done, _ = await asyncio.wait((pending,), timeout=heartbeat)
-                if not done:
-                    silent += heartbeat
-                    if silent >= idle:
-                        raise _silent(idle)
-                    yield HEARTBEAT
-                    continue
-                task, pending, silent = pending, None, 0.0
-                try:
-                    data = task.result()
-                except StopAsyncIteration:
-                    return
-                except BROKEN as exc:
-                    raise _broken(exc) from None
-                yield data
-        finally:
-            if pending is not None:
-                pending.cancel()
+        async for data in _iterate(it, idle, heartbeat):
+            yield data
     finally:
         await response.aclose()
+
+
+async def _iterate(it: AsyncIterator[bytes], idle: float, heartbeat: float | None) -> AsyncIterator:
+    if heartbeat is None:
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    data = await anext(it)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _silent(idle) from None
+            except BROKEN as exc:
+                raise _broken(exc) from None
+            yield data
+    pending: asyncio.Future | None = None
+    silent = 0.0
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(it))
+            done, _ = await asyncio.wait((pending,), timeout=heartbeat)
+            if not done:
+                silent += heartbeat
+                if silent >= idle:
+                    raise _silent(idle)
+                yield HEARTBEAT
+                continue
+            task, pending, silent = pending, None, 0.0
+            try:
+                data = task.result()
+            except StopAsyncIteration:
+                return
+            except BROKEN as exc:
+                raise _broken(exc) from None
+            yield data
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 def _silent(idle: float) -> ProxyError:
