@@ -64,11 +64,15 @@ def _event_ends(buf: bytes) -> Iterator[int]:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
-    if block.startswith(b"data:") and block.endswith(b"\n\n") and block.find(b"\n") == len(block) - 2 \
-            and b"\r" not in block:
-        # The usual event is one ``data:`` line: no line splitting, decode only the payload.
-        value = block[5:-2]
-        return SSEEvent(None, (value[1:] if value[:1] == b" " else value).decode("utf-8", errors="replace"), block)
+    # The usual events are one ``data:`` line (OpenAI, Gemini) or ``event:`` then ``data:`` (Anthropic),
+    # LF-framed: no decoding of the whole block, no line splitting.
+    if block.endswith(b"\n\n") and b"\r" not in block:
+        first = block.find(b"\n")
+        if block.startswith(b"data:") and first == len(block) - 2:
+            return SSEEvent(None, _value(block[5:-2]), block)
+        if block.startswith(b"event:") and block.startswith(b"data:", first + 1) \
+                and block.find(b"\n", first + 1) == len(block) - 2:
+            return SSEEvent(_value(block[6:first]), _value(block[first + 6:-2]), block)
     event: str | None = None
     data: list[str] = []
     for line in _LINE_SPLIT.split(block.decode("utf-8", errors="replace")):
@@ -84,6 +88,10 @@ def _parse_block(block: bytes) -> SSEEvent | None:
     if not data and event is None:
         return None
     return SSEEvent(event, "\n".join(data), block)
+
+
+def _value(field: bytes) -> str:
+    return (field[1:] if field[:1] == b" " else field).decode("utf-8", errors="replace")
 
 
 def encode(data: dict | str, event: str | None = None) -> bytes:

@@ -57,6 +57,8 @@ STREAMS = {
     "multi-line data": b"data: line1\ndata: line2\n\ndata:no-space\n\n",
     "no space, empty data": b"data:\n\ndata:  two spaces\n\n",
     "event only": b"event: done\n\n",
+    "event then data, edge cases": b"event:x\ndata:y\n\nevent: e\ndata: \n\nevent: e\ndata: a\ndata: b\n\n"
+                                   b"data: a\nevent: b\n\nevent: e\n: c\ndata: q\n\nevent: \xc3\xa9\ndata: \xc3\n\n",
     "unknown fields": b"id: 7\nretry: 100\ndata: z\n\nfoo\n\n",
     "no final blank line": b"data: a\n\ndata: tail",
     "data without colon": b"data\n\ndata: q\n\n",
@@ -96,8 +98,9 @@ def test_byte_by_byte_matches_the_reference(name):
 
 def test_random_mixtures_match_the_reference():
     rng = random.Random(1234)
-    pieces = [b"data: x", b"data: {\"k\":\"v\"}", b"event: e", b": c", b"\n", b"\r", b"\r\n", b"\n\n", b"\xc3\xa9"]
-    for _ in range(2000):
+    pieces = [b"data: x", b"data: {\"k\":\"v\"}", b"event: e", b": c", b"\n", b"\r", b"\r\n", b"\n\n", b"\xc3\xa9",
+              b"event:", b"data:", b" ", b"event: message_start\ndata: {}\n\n"]
+    for _ in range(4000):
         stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
         chunks = cuts(stream, rng)
         assert parse(chunks) == reference_parse(chunks), chunks
