@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cells import PROFILES
+from cells import PROFILES, messages_body
 from harness import (
     MASTER_KEY,
     PYTHON,
@@ -142,6 +142,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the routers")
+    p.add_argument("--messages", action="store_true",
+                   help="send /v1/messages (native relay to the fake Anthropic upstream; implies --key)")
     p.add_argument("--key", action="store_true",
                    help="send a client key with a budget and limits (as bench/run.py does), not the master key")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
@@ -157,6 +159,7 @@ def main() -> None:
     if args.load:
         print(json.dumps(asyncio.run(load(json.loads(args.load)))))
         return
+    args.key = args.key or args.messages
     ns = argparse.Namespace(db=args.db, postgres=args.postgres, keep=False)
     extra = dict(e.split("=", 1) for e in args.env)
     with workspace(ns) as (procs, db):
@@ -191,8 +194,13 @@ def main() -> None:
                     direct = run_load(url=f"http://127.0.0.1:{upstream}/v1/chat/completions",
                                       headers={"content-type": "application/json"}, pid=None,
                                       body=chat_body(UPSTREAM_MODEL, stream=args.stream), **kw)
-                    via = run_load(url=r.url + "/v1/chat/completions", pid=r.pid, headers=r.headers,
-                                   body=chat_body("bench", stream=args.stream), **kw)
+                    if args.messages:
+                        via = run_load(url=r.url + "/v1/messages", pid=r.pid, body=messages_body(stream=args.stream),
+                                       headers={"content-type": "application/json", "x-api-key": r.key,
+                                                "anthropic-version": "2023-06-01"}, **kw)
+                    else:
+                        via = run_load(url=r.url + "/v1/chat/completions", pid=r.pid, headers=r.headers,
+                                       body=chat_body("bench", stream=args.stream), **kw)
                     results.setdefault((side, c), []).append((direct, via))
         for r in routers.values():
             if args.cprofile and r.proc is not None:

@@ -161,8 +161,8 @@ def start_all(args: argparse.Namespace, procs: Procs, db: Database, profile: Pro
     logging_off = start_router(procs, "logging-off", args.servers[0], db.url, off, aliases=aliases)
     # the local default: SQLite under the default server, as a fresh clone runs
     sqlite_on = start_router(procs, "sqlite-on", args.servers[0], sqlite.url, local, aliases=aliases)
-    sqlite_off = start_router(procs, "sqlite-off", args.servers[0], sqlite.url, {**local, "ROUTER_USAGE_LOGGING": "false"},
-                              aliases=aliases)
+    sqlite_off = start_router(procs, "sqlite-off", args.servers[0], sqlite.url,
+                              {**local, "ROUTER_USAGE_LOGGING": "false"}, aliases=aliases)
     peer = portkey.start(procs, upstream_port) if use_portkey(args) else None
     everyone = [*routers, *doubles, logging_off, sqlite_on, sqlite_off]
     for target in everyone:
