@@ -79,10 +79,7 @@ class UpstreamResponse:
         return self._content
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        if self._content is not None:
-            yield self._content
-            return
-        async for data in self._raw.content.iter_any():
+        while data := await self.read_some():
             yield data
 
     async def read_some(self) -> bytes:

@@ -417,30 +417,22 @@ async def _timed_iteration(response: http.Response, heartbeat: float | None) -> 
     iterator, so the heartbeat waits on a task that outlives the silence."""
     idle = settings.ROUTER_IDLE_TIMEOUT
     it = response.aiter_bytes().__aiter__()
-    try:
-        async for data in _iterate(it, idle, heartbeat):
-            yield data
-    finally:
-        await response.aclose()
-
-
-async def _iterate(it: AsyncIterator[bytes], idle: float, heartbeat: float | None) -> AsyncIterator:
-    if heartbeat is None:
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    data = await anext(it)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise _silent(idle) from None
-            except BROKEN as exc:
-                raise _broken(exc) from None
-            yield data
     pending: asyncio.Future | None = None
     silent = 0.0
     try:
         while True:
+            if heartbeat is None:
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _silent(idle) from None
+                except BROKEN as exc:
+                    raise _broken(exc) from None
+                yield data
+                continue
             if pending is None:
                 pending = asyncio.ensure_future(anext(it))
             done, _ = await asyncio.wait((pending,), timeout=heartbeat)
@@ -461,6 +453,7 @@ async def _iterate(it: AsyncIterator[bytes], idle: float, heartbeat: float | Non
     finally:
         if pending is not None:
             pending.cancel()
+        await response.aclose()
 
 
 def _silent(idle: float) -> ProxyError:

@@ -213,7 +213,9 @@ async def test_first_byte_timeout(app, upstream, settings):
     assert res.status == 504 and res.json()["error"]["code"] == "upstream_timeout"
 
 
-async def test_idle_timeout_between_chunks_is_separate_from_total_time(app, upstream, settings):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_idle_timeout_between_chunks_is_separate_from_total_time(app, upstream, settings, transport):
+    settings.ROUTER_HTTP_TRANSPORT = transport
     settings.ROUTER_IDLE_TIMEOUT = 0.5
     # 6 chunks 0.3 s apart: 1.8 s in total, but never 0.5 s of silence.
     await upstream(Reply(sse=stream_frames(list("abcdef"), delay=0.3)))

@@ -106,7 +106,9 @@ async def test_failure_after_headers_is_response_failed_not_error_event(app, cha
     assert "error" not in [e["type"] for e in evs]
 
 
-async def test_silence_gets_in_progress_heartbeats(app, chat_upstream, settings):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_silence_gets_in_progress_heartbeats(app, chat_upstream, settings, transport):
+    settings.ROUTER_HTTP_TRANSPORT = transport  # two read loops: a timed read, or a task per chunk
     settings.ROUTER_KEEPALIVE_INTERVAL = 0.2
     frames = stream_frames(["a", "b"])
     await chat_upstream(Reply(sse=[frames[0], 1.0, *frames[1:]]))
@@ -114,6 +116,20 @@ async def test_silence_gets_in_progress_heartbeats(app, chat_upstream, settings)
     types = [e["type"] for e in events(res.body)]
     assert types.count("response.in_progress") >= 4
     assert types[-1] == "response.completed"
+    assert "".join(e.get("delta", "") for e in events(res.body) if e["type"] == "response.output_text.delta") == "ab"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_heartbeats_stop_at_the_idle_timeout(app, chat_upstream, settings, transport):
+    settings.ROUTER_HTTP_TRANSPORT = transport
+    settings.ROUTER_KEEPALIVE_INTERVAL = 0.2
+    settings.ROUTER_IDLE_TIMEOUT = 0.7
+    frames = stream_frames(["a", "b"])
+    await chat_upstream(Reply(sse=[frames[0], 3.0, *frames[1:]]))
+    evs = events((await call(app, "POST", "/v1/responses", SIMPLE, AUTH)).body)
+    kinds = [e["type"] for e in evs]
+    assert 2 <= kinds.count("response.in_progress") <= 5 and kinds[-1] == "response.failed"
+    assert evs[-1]["response"]["error"]["code"] == "upstream_timeout"
 
 
 async def test_truncation_is_response_incomplete(app, chat_upstream):
