@@ -24,6 +24,7 @@ from django.db.models import Case, CharField, Count, F, FloatField, IntegerField
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
 from . import models as m
+from .metrics import status_class
 from .models import BUCKETS_MS, DIMENSIONS, LATENCY_BUCKETS, SUMS, TTFB_BUCKETS, UsageDaily, UsageHourly
 
 _UPSERT_ROWS = 200  # rows per statement: 51 parameters each stays under SQLite's variable limit
@@ -62,13 +63,11 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
     n_sums, n_buckets = len(SUMS), len(BUCKETS_MS)
     ttfb_base = n_sums + n_buckets
     groups: dict[tuple, list] = {}
-    for row in rows:  # the writer thread's per-row cost: plain lookups, no helpers
+    for row in rows:
         get = row.get
-        status = int(get("status") or 0)
-        key = (get("created_at").replace(minute=0, second=0, microsecond=0), get("key_id") or "",
-               get("team_id") or "", get("requested_model") or "", get("resolved_model") or "",
-               get("credential") or "", get("provider") or "", get("endpoint") or "",
-               f"{status // 100}xx" if 100 <= status < 600 else "other")
+        key = (_hour(get("created_at")), get("key_id") or "", get("team_id") or "", get("requested_model") or "",
+               get("resolved_model") or "", get("credential") or "", get("provider") or "", get("endpoint") or "",
+               status_class(int(get("status") or 0)))
         acc = groups.get(key)
         if acc is None:
             acc = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0.0, 0.0, 0, 0] + [0] * (2 * n_buckets)
@@ -91,12 +90,12 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple, list]:
             acc[8] += 1
             acc[9] += cost if type(cost) is Decimal else Decimal(cost)
         acc[10] += latency
-        acc[n_sums + bisect.bisect_left(_FINITE_BOUNDS, latency)] += 1
+        acc[n_sums + bucket(latency)] += 1
         if ttfb is not None:
             ttfb = float(ttfb)
             acc[11] += ttfb
             acc[12] += 1
-            acc[ttfb_base + bisect.bisect_left(_FINITE_BOUNDS, ttfb)] += 1
+            acc[ttfb_base + bucket(ttfb)] += 1
     return groups
 
 

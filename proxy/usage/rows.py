@@ -159,7 +159,7 @@ def _datetime(value: Any) -> datetime:
 
 
 def write_rows(rows: list[dict[str, Any]]) -> None:
-    """Insert cleaned rows in one statement, in the caller's transaction.
+    """Insert cleaned rows in the caller's transaction (one COPY, or INSERTs of many rows each).
 
     No model instances and no SQL compiled per row: this thread shares the GIL with the event loop
     serving requests. PostgreSQL takes the rows with COPY (~8 us of CPU per row), SQLite with INSERTs
