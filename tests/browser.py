@@ -51,5 +51,20 @@ def admin_login(driver, base_url: str, username: str, password: str) -> None:
     driver.get(base_url + "/admin/login/")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    follow(driver, driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]"))
     driver.find_element(By.ID, "user-tools")  # logged in
+
+
+def follow(driver, element, *, submit: bool = False, timeout: float = 10) -> None:
+    """Click (or submit) something that loads a new page and return once the old page is gone.
+
+    A click returns before the next page is there: reading right after it races the navigation
+    (an element of the old page found, then stale, or the old page's own submit button clicked).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.submit() if submit else element.click()
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(old))

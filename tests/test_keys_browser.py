@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from credentials.models import hash_key
 from keys.models import ApiKey, Team
-from tests.browser import admin_login
+from tests.browser import admin_login, follow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,14 +35,15 @@ def run_action(browser, action: str, *labels: str) -> None:
         if any(label in row.text for label in labels):
             row.find_element(by().CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(by().NAME, "action")).select_by_value(action)
-    browser.find_element(by().CSS_SELECTOR, "button[name=index]").click()
+    follow(browser, browser.find_element(by().CSS_SELECTOR, "button[name=index]"))
 
 
 def wait_message(browser, text: str) -> None:
     """Wait for the admin's message after a POST (the click returns before the next page is there)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 10).until(
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda b: any(text in m.text for m in b.find_elements(by().CSS_SELECTOR, "ul.messagelist li")))
 
 
@@ -70,7 +71,7 @@ def test_create_a_key_see_its_secret_once_then_manage_it(live_server, ops):
     browser.find_element(by().NAME, "models").send_keys("gpt-4.1, claude-*")
     browser.find_element(by().NAME, "max_budget").send_keys("50")
     browser.find_element(by().NAME, "budget_duration").send_keys("30d")
-    browser.find_element(by().NAME, "_save").click()
+    follow(browser, browser.find_element(by().NAME, "_save"))
 
     secret = browser.find_element(by().CSS_SELECTOR, "code.new-secret").text
     assert "not be shown again" in browser.find_element(by().ID, "content-main").text
@@ -90,11 +91,11 @@ def test_create_a_key_see_its_secret_once_then_manage_it(live_server, ops):
     browser.get(live_server.url + "/admin/keys/apikey/")
     search = browser.find_element(by().ID, "searchbar")
     search.send_keys("bob")
-    search.submit()
+    follow(browser, search, submit=True)
     wait_url(browser, "q=bob")
     assert [r for r in rows(browser) if r] and all("bob-ci" in r for r in rows(browser))
     browser.get(live_server.url + "/admin/keys/apikey/")
-    browser.find_element(by().LINK_TEXT, "over budget").click()
+    follow(browser, browser.find_element(by().LINK_TEXT, "over budget"))
     wait_url(browser, "status=over_budget")
     assert len(rows(browser)) == 1 and "bob-ci" in rows(browser)[0]
 
@@ -117,7 +118,7 @@ def test_create_a_key_see_its_secret_once_then_manage_it(live_server, ops):
     # delete
     browser.get(live_server.url + "/admin/keys/apikey/")
     run_action(browser, "delete_selected", "alice-codex")
-    browser.find_element(by().CSS_SELECTOR, "input[type=submit]").click()  # "Yes, I'm sure"
+    follow(browser, browser.find_element(by().CSS_SELECTOR, "#content form input[type=submit]"))  # "Yes, I'm sure"
     wait_message(browser, "Successfully deleted 1")
     assert not ApiKey.objects.filter(pk=key.pk).exists()
     assert all("alice-codex" not in r for r in rows(browser))
@@ -131,7 +132,7 @@ def test_create_a_team_with_a_monthly_budget(live_server, ops):
     browser.find_element(by().NAME, "max_budget").send_keys("500")
     browser.find_element(by().NAME, "budget_duration").send_keys("1mo")
     browser.find_element(by().NAME, "rpm_limit").send_keys("600")
-    browser.find_element(by().NAME, "_save").click()
+    follow(browser, browser.find_element(by().NAME, "_save"))
     wait_message(browser, "was added successfully")
     team = Team.objects.get(team_alias="research")
     assert team.max_budget == 500 and team.budget_reset_at is not None and team.models == ["gemini-2.5-flash"]
@@ -140,6 +141,6 @@ def test_create_a_team_with_a_monthly_budget(live_server, ops):
     browser.get(live_server.url + "/admin/keys/team/add/")
     browser.find_element(by().NAME, "team_alias").send_keys("bad")
     browser.find_element(by().NAME, "budget_duration").send_keys("monthly")
-    browser.find_element(by().NAME, "_save").click()
+    follow(browser, browser.find_element(by().NAME, "_save"))
     assert "not a duration" in browser.find_element(by().CSS_SELECTOR, ".errorlist").text
     assert not Team.objects.filter(team_alias="bad").exists()

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from pricing import table
 from pricing.models import Price
-from tests.browser import admin_login
+from tests.browser import admin_login, follow
 
 TODAY = datetime.now(UTC).date()
 
@@ -69,14 +69,14 @@ def test_ops_change_a_price_from_today_and_history_keeps_the_old_one(live_server
     admin_login(browser, live_server.url, "ops", "ops-password-1")
     browser.get(live_server.url + "/admin/pricing/price/")
     assert "gemini-2.5-flash" in browser.find_element(By.ID, "result_list").text
-    browser.find_element(By.LINK_TEXT, "gemini-2.5-flash").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "gemini-2.5-flash"))
     date_field = browser.find_element(By.NAME, "effective_from")
     date_field.clear()
     date_field.send_keys(TODAY.isoformat())
     price_field = browser.find_element(By.NAME, "input_cost_per_token")
     price_field.clear()
     price_field.send_keys("0.0000004")
-    browser.find_element(By.NAME, "_saveasnew").click()
+    follow(browser, browser.find_element(By.NAME, "_saveasnew"))
     assert "was added successfully" in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
     rows = list(Price.objects.filter(model="gemini-2.5-flash").order_by("effective_from")
                 .values_list("effective_from", "input_cost_per_token", "source"))
