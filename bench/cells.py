@@ -108,6 +108,9 @@ def rotated(targets: list[Target], i: int) -> list[Target]:
 class Bench:
     profile: Profile
     load: LoadGen
+    # called after each run: waits for the target's own after-work (a router's usage rows, written up
+    # to a flush interval later) so that it does not land in the next target's run
+    settle: Callable[[Target], object] | None = None
 
     def closed(self, target: Target, *, stream: bool, concurrency: int, duration: float | None = None,
                messages: bool = False) -> dict:
@@ -122,7 +125,12 @@ class Bench:
         result = self.load.run(op="closed", url=url, headers=headers, body=body, stream=stream,
                                concurrency=concurrency, duration=duration or p.duration, warmup=p.warmup,
                                max_requests=p.max_requests, pid=target.pid)
+        return self._ran(target, result)
+
+    def _ran(self, target: Target, result: dict) -> dict:
         target.sent += result["sent"]
+        if self.settle is not None:
+            self.settle(target)
         return result
 
     def burst(self, target: Target) -> dict:
@@ -131,8 +139,7 @@ class Bench:
         result = self.load.run(op="burst", url=target.url + "/v1/chat/completions", headers=target.headers,
                                body=chat_body(target.model(p.slow_model), stream=True), count=p.slow_count,
                                pieces=p.slow_pieces, timeout=60, pid=target.pid)
-        target.sent += result["sent"]
-        return result
+        return self._ran(target, result)
 
     def rounds(self, series: list[Series], targets: list[Target], rounds: int,
                run: Callable[[Series, Target], dict], progress: bool = False) -> list[Series]:
