@@ -75,6 +75,24 @@ def test_decimal_columns_follow_max_digits_and_decimal_places():
     assert usage_rows._decimal(float("nan"), col) == 0
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("extreme", [True, False])
+def test_cleaned_rows_are_stored_exactly_as_cleaned(extreme):
+    """Every column at its edge (or ordinary) goes in with the writer's own statement (binary COPY on
+    PostgreSQL, multi-row INSERT on SQLite) and reads back equal: the binary types match the columns."""
+    when = datetime(2026, 12, 7, 23, 59, 59, 999999, tzinfo=UTC)
+    # SQLite keeps a decimal as a double: 20 digits do not come back
+    most = Decimal("99999999.999999999999") if connection.vendor == "postgresql" else Decimal("12345.678901234")
+    values = row(1, created_at=when, prompt_tokens=10**13, completion_tokens=0, status=10**6, attempts=10**6,
+                 cost_usd=most, ttfb_ms=1e300, latency_ms=-0.0, stream=True,
+                 client_closed=True, credential="c" * 500, error_message="héllo \ud800 \U0001f600\t\\N",
+                 key_id="k" * 500) if extreme else row(2, ttfb_ms=None, cost_usd=None, key_id="")
+    cleaned = usage_rows.clean(values)
+    usage_rows.write_rows([cleaned])
+    stored = UsageRecord.objects.values(*cleaned).get(request_id=cleaned["request_id"])
+    assert stored == cleaned
+
+
 @pytest.mark.parametrize(("value", "expected", "estimated"), [
     (10**13, INT_MAX, False), (-5, 0, True), ("12x", 0, True), ("17", 17, False), (None, 0, False),
     (float("inf"), 0, True), ([1], 0, True),
