@@ -61,10 +61,18 @@ def follow(driver, element, *, submit: bool = False, timeout: float = 10) -> Non
     A click returns before the next page is there: reading right after it races the navigation
     (an element of the old page found, then stale, or the old page's own submit button clicked).
     """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
+
+    def gone(_driver) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:  # stale, or mid-navigation "node does not belong to the document"
+            return True
+        return False
+
     element.submit() if submit else element.click()
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, timeout).until(gone)

@@ -40,10 +40,11 @@ def run_action(browser, action: str, *labels: str) -> None:
 
 def wait_message(browser, text: str) -> None:
     """Wait for the admin's message after a POST (the click returns before the next page is there)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+    # an element read while the page changes is stale, or "does not belong to the document": read again
+    WebDriverWait(browser, 10, ignored_exceptions=(WebDriverException,)).until(
         lambda b: any(text in m.text for m in b.find_elements(by().CSS_SELECTOR, "ul.messagelist li")))
 
 
