@@ -118,7 +118,7 @@ class Bench:
         p = self.profile
         if messages:  # the Anthropic-shaped ingress (native relay to the fake's /v1/messages)
             url, body = target.url + "/v1/messages", messages_body(stream=stream)
-            headers = {"content-type": "application/json", "x-api-key": target.key, "anthropic-version": "2023-06-01"}
+            headers = messages_headers(target.key)
         else:
             url, headers = target.url + "/v1/chat/completions", target.headers
             body = chat_body(target.model(UPSTREAM_MODEL), stream=stream)
@@ -176,6 +176,10 @@ class Bench:
             order = targets if i % 2 == 0 else targets[::-1]
             series.rounds.append({t.name: one(series, t) for t in order})
         return series
+
+
+def messages_headers(key: str) -> dict[str, str]:
+    return {"content-type": "application/json", "x-api-key": key, "anthropic-version": "2023-06-01"}
 
 
 def messages_body(*, stream: bool) -> str:

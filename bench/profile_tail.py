@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cells import PROFILES, messages_body
+from cells import PROFILES, messages_body, messages_headers
 from harness import (
     MASTER_KEY,
     PYTHON,
@@ -196,8 +196,7 @@ def main() -> None:
                                       body=chat_body(UPSTREAM_MODEL, stream=args.stream), **kw)
                     if args.messages:
                         via = run_load(url=r.url + "/v1/messages", pid=r.pid, body=messages_body(stream=args.stream),
-                                       headers={"content-type": "application/json", "x-api-key": r.key,
-                                                "anthropic-version": "2023-06-01"}, **kw)
+                                       headers=messages_headers(r.key), **kw)
                     else:
                         via = run_load(url=r.url + "/v1/chat/completions", pid=r.pid, headers=r.headers,
                                        body=chat_body("bench", stream=args.stream), **kw)
